@@ -1,0 +1,39 @@
+# flip-ctr developer commands. `make install && make test` is all a fresh clone needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch; an unpinned `torch` would pull a multi-GB CUDA build.
+# On a GPU machine: make install TORCH_SPEC="torch==2.13.0 --index-url <cuda wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow train train-ml1m ids bench clean help
+
+help:
+	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY) ## create .venv and install flip-ctr (editable) with dev extras
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+
+test: ## the default test suite (CPU, < 20 min)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: ## real-data tests (ML-1M/ML-100K, real MiniLM)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+train: ## the main job: ID model from scratch on ML-100K (see README for the FLIP pipeline)
+	$(VENV)/bin/flip-ctr train $(ARGS)
+
+ids: ## the nine ID baselines on ML-1M and ML-100K, 3 seeds → results/id_baselines.md
+	$(PY) scripts/run_id_baselines.py $(ARGS)
+
+bench: ## preprocessing and ID-model throughput → results/benchmarks/
+	$(PY) benchmarks/bench_id_models.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,217 @@
+"""LightningDataModule yielding paired tabular/text batches.
+
+Batch dict (every stage reads the keys it needs):
+
+- ``feature_ids``      LongTensor [B, F]  global feature ids (unseen values → field OOV id)
+- ``labels``           FloatTensor [B]
+- ``row_ids``          LongTensor [B]     index of the row in the artifact (chronological order)
+- with text (``tokenizer`` given):
+  ``input_ids``, ``attention_mask`` [B, L] (dynamic padding), ``token_field_ids`` [B, L]
+  (field of the sentence each token belongs to, -1 for [CLS]/[SEP]/padding),
+  ``value_token_mask`` [B, L] (token is part of a field's value span)
+
+Samples are row indices; the collate function gathers a whole batch with tensor indexing,
+so a batch costs a few vectorised ops rather than B Python ``__getitem__`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from flip_ctr.data.preprocess import Artifact, SplitConfig, load_or_build
+from flip_ctr.data.text import TextPieces
+
+log = logging.getLogger(__name__)
+
+
+class RowRange(Dataset):
+    """Row indices [start, stop) of the artifact; ``__getitems__`` hands the collate fn one tensor."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> int:
+        return self.start + index
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return torch.as_tensor(indices, dtype=torch.long) + self.start
+
+
+class BatchBuilder:
+    """Collate function: row indices → batch dict (see module docstring)."""
+
+    def __init__(self, artifact: Artifact, text: TextPieces | None) -> None:
+        self.value_ids = torch.from_numpy(np.ascontiguousarray(artifact.value_ids)).long()
+        self.labels = torch.from_numpy(np.ascontiguousarray(artifact.labels)).float()
+        self.num_seen = torch.tensor(artifact.space.num_seen, dtype=torch.long)
+        self.field_offsets = torch.tensor(artifact.space.field_offsets[:-1], dtype=torch.long)
+        self.text = text
+        self.num_truncated = 0
+
+    def __call__(self, rows) -> dict[str, torch.Tensor]:
+        if not torch.is_tensor(rows):  # plain __getitem__ path (e.g. a custom sampler)
+            rows = torch.as_tensor(rows, dtype=torch.long)
+        local = self.value_ids[rows]
+        # Values never seen in training exist for the text side only; the ID side gets OOV (0).
+        id_local = torch.where(local > self.num_seen, torch.zeros_like(local), local)
+        batch = {
+            "feature_ids": id_local + self.field_offsets,
+            "labels": self.labels[rows],
+            "row_ids": rows,
+        }
+        if self.text is not None:
+            tokenized = self.text.assemble(local)
+            self.num_truncated += tokenized.num_truncated
+            batch.update(
+                input_ids=tokenized.input_ids,
+                attention_mask=tokenized.attention_mask,
+                token_field_ids=tokenized.token_field_ids,
+                value_token_mask=tokenized.value_token_mask,
+            )
+        return batch
+
+
+def _source_files(data_dir: Path, loader_kwargs: dict) -> list[Path]:
+    """Files whose size/mtime key the cache: the whole dataset directory, or the named files."""
+    paths = [Path(v) for v in loader_kwargs.values() if isinstance(v, (str, Path)) and Path(v).is_file()]
+    if data_dir.is_dir():
+        paths += sorted(p for p in data_dir.rglob("*") if p.is_file())
+    elif data_dir.is_file():
+        paths.append(data_dir)
+    return paths
+
+
+class CTRDataModule(L.LightningDataModule):
+    """Paired text/tabular batches for one dataset.
+
+    Args:
+        dataset: loader name (``flip_ctr.data.sources.LOADERS``).
+        data_dir: dataset directory; ``None`` → ``FLIP_CTR_DATA_DIR`` or ``../shared/data/<subdir>``.
+        loader_kwargs: extra arguments of the loader (e.g. ``ratings_file``).
+        tokenizer: a Hugging Face tokenizer, its name/path, or ``None`` for ID-only batches.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        data_dir: str | None = None,
+        data_subdir: str | None = None,
+        loader_kwargs: dict | None = None,
+        cache_dir: str = ".cache/flip_ctr",
+        test_fraction: float = 0.1,
+        val_fraction: float = 0.1,
+        tokenizer=None,
+        max_length: int = 256,
+        max_value_tokens: int = 32,
+        batch_size: int = 256,
+        eval_batch_size: int = 4096,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        train_split: str = "fit",
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.data_subdir = data_subdir
+        self.loader_kwargs = dict(loader_kwargs or {})
+        self.cache_dir = Path(cache_dir)
+        self.split = SplitConfig(test_fraction=test_fraction, val_fraction=val_fraction)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_value_tokens = max_value_tokens
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        if train_split not in ("fit", "train"):
+            raise ValueError(f"train_split must be 'fit' (train minus validation) or 'train' (all), got {train_split!r}")
+        self.train_split = train_split
+        self.artifact: Artifact | None = None
+        self.text: TextPieces | None = None
+
+    # -- data preparation -------------------------------------------------------------
+    def resolved_data_dir(self) -> Path:
+        from flip_ctr.data.sources.download import resolve_data_dir
+
+        root = resolve_data_dir(self.data_dir)
+        return root / self.data_subdir if self.data_subdir and self.data_dir is None else root
+
+    def _load_artifact(self) -> Artifact:
+        from flip_ctr.data.sources import LOADERS
+
+        if self.dataset not in LOADERS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(LOADERS)}")
+        data_dir = self.resolved_data_dir()
+        kwargs = {"data_dir": data_dir, **self.loader_kwargs}
+        return load_or_build(
+            self.dataset, LOADERS[self.dataset], kwargs, _source_files(data_dir, self.loader_kwargs), self.split, self.cache_dir
+        )
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: builds the cache so the other ranks only read it.
+        self._load_artifact()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.artifact is None:
+            self.artifact = self._load_artifact()
+        if self.tokenizer is not None and self.text is None:
+            tokenizer = self.tokenizer
+            if isinstance(tokenizer, (str, Path)):
+                from flip_ctr.models.plm import load_tokenizer
+
+                tokenizer = load_tokenizer(str(tokenizer))
+            space = self.artifact.space
+            self.text = TextPieces(space.schema.field_names, space.values, tokenizer, self.max_length, self.max_value_tokens)
+
+    # -- facts the models need -----------------------------------------------------------
+    @property
+    def space(self):
+        if self.artifact is None:
+            self.setup()
+        return self.artifact.space
+
+    @property
+    def num_features(self) -> int:
+        return self.space.num_features
+
+    @property
+    def num_fields(self) -> int:
+        return self.space.num_fields
+
+    # -- loaders ---------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        if self.artifact is None:
+            self.setup()
+        start, stop = self.artifact.split_ranges[split]
+        if stop <= start:
+            raise ValueError(f"{self.dataset}: the {split!r} split is empty (check val_fraction/test_fraction)")
+        return DataLoader(
+            RowRange(start, stop),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=BatchBuilder(self.artifact, self.text),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,132 @@
+"""Modality transformation: tabular row → "<field name> is <value>." sentences (paper §IV-B).
+
+Tokenizing every sample is the slow part of PLM-based CTR pipelines (the reference code calls
+the tokenizer inside ``__getitem__``). Here each *distinct* field value is tokenized once and
+every sample's token sequence is assembled from those pieces with tensor ops at batch time.
+Assembly also yields, for every token, the field whose sentence it belongs to and whether it
+is part of the value span — field-level masking (paper §IV-C1) needs exactly that map.
+
+Sequence layout: [CLS] s_1 s_2 ... s_F [SEP], s_f = tokens("<name_f> is") + tokens(value) + tokens(".")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FieldPieces:
+    """All sentences of one field as a padded matrix, one row per local value index."""
+
+    tokens: torch.Tensor  # [num_values, max_piece_len] int64, padded with 0
+    lengths: torch.Tensor  # [num_values] int64
+    value_lengths: torch.Tensor  # [num_values] int64
+    prefix_length: int
+
+
+@dataclass
+class TokenizedBatch:
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    token_field_ids: torch.Tensor  # [B, L], -1 for [CLS]/[SEP]/padding
+    value_token_mask: torch.Tensor  # [B, L] bool
+    num_truncated: int
+
+
+class TextPieces:
+    """Pre-tokenized sentence pieces for every (field, value), and batch assembly from them."""
+
+    def __init__(
+        self,
+        field_names: list[str],
+        values: list[list[str]],
+        tokenizer,
+        max_length: int = 256,
+        max_value_tokens: int = 32,
+    ) -> None:
+        if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no CLS/SEP token; FLIP needs an encoder tokenizer")
+        self.cls_id = int(tokenizer.cls_token_id)
+        self.sep_id = int(tokenizer.sep_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self.mask_id = int(tokenizer.mask_token_id) if tokenizer.mask_token_id is not None else None
+        self.max_length = max_length
+        self.num_long_values = 0
+        self.fields = [
+            self._tokenize_field(f, name, vals, tokenizer, max_value_tokens) for f, (name, vals) in enumerate(zip(field_names, values))
+        ]
+        if self.num_long_values:
+            log.warning("%d distinct values were cut to max_value_tokens=%d tokens", self.num_long_values, max_value_tokens)
+
+    def _tokenize_field(self, index: int, name: str, values: list[str], tokenizer, max_value_tokens: int) -> FieldPieces:
+        # Leading spaces keep byte-level BPE tokenizers (RoBERTa) identical to tokenizing the
+        # joined sentence; WordPiece (BERT) ignores them.
+        lead = "" if index == 0 else " "
+        prefix = tokenizer(f"{lead}{name} is", add_special_tokens=False)["input_ids"]
+        suffix = tokenizer(".", add_special_tokens=False)["input_ids"]
+        value_ids = tokenizer([f" {v}" for v in values], add_special_tokens=False)["input_ids"]
+        value_lengths = np.array([min(len(v), max_value_tokens) for v in value_ids], dtype=np.int64)
+        self.num_long_values += int(sum(len(v) > max_value_tokens for v in value_ids))
+        width = len(prefix) + int(value_lengths.max(initial=0)) + len(suffix)
+        tokens = np.full((len(values), width), self.pad_id, dtype=np.int64)
+        for row, ids in enumerate(value_ids):
+            ids = ids[:max_value_tokens]
+            sentence = prefix + ids + suffix
+            tokens[row, : len(sentence)] = sentence
+        return FieldPieces(
+            tokens=torch.from_numpy(tokens),
+            lengths=torch.from_numpy(value_lengths + len(prefix) + len(suffix)),
+            value_lengths=torch.from_numpy(value_lengths),
+            prefix_length=len(prefix),
+        )
+
+    def assemble(self, value_ids: torch.Tensor) -> TokenizedBatch:
+        """value_ids [B, F] per-field local indices → padded token batch (dynamic padding)."""
+        batch_size = value_ids.shape[0]
+        tokens, valid, field_of, is_value = [], [], [], []
+        for f, pieces in enumerate(self.fields):
+            local = value_ids[:, f].long()
+            width = pieces.tokens.shape[1]
+            pos = torch.arange(width)
+            tokens.append(pieces.tokens[local])
+            valid.append(pos < pieces.lengths[local, None])
+            field_of.append(torch.full((batch_size, width), f, dtype=torch.long))
+            in_value = (pos >= pieces.prefix_length) & (pos < pieces.prefix_length + pieces.value_lengths[local, None])
+            is_value.append(in_value)
+        tokens = torch.cat(tokens, 1)
+        valid = torch.cat(valid, 1)
+        field_of = torch.cat(field_of, 1)
+        is_value = torch.cat(is_value, 1)
+
+        # Compact the valid tokens of each row to the left: target position = running count.
+        body_len = valid.sum(1)
+        limit = self.max_length - 2  # room for [CLS] and [SEP]
+        num_truncated = int((body_len > limit).sum())
+        target = torch.cumsum(valid.long(), 1)  # 1-based position after [CLS]
+        keep = valid & (target <= limit)
+        length = int(torch.clamp(body_len, max=limit).max()) + 2
+        rows = torch.arange(batch_size)[:, None].expand_as(tokens)
+
+        input_ids = torch.full((batch_size, length), self.pad_id, dtype=torch.long)
+        token_field_ids = torch.full((batch_size, length), -1, dtype=torch.long)
+        value_token_mask = torch.zeros((batch_size, length), dtype=torch.bool)
+        input_ids[rows[keep], target[keep]] = tokens[keep]
+        token_field_ids[rows[keep], target[keep]] = field_of[keep]
+        value_token_mask[rows[keep], target[keep]] = is_value[keep]
+        input_ids[:, 0] = self.cls_id
+        sep_pos = torch.clamp(body_len, max=limit) + 1
+        input_ids[torch.arange(batch_size), sep_pos] = self.sep_id
+        attention_mask = (torch.arange(length)[None, :] <= sep_pos[:, None]).long()
+        return TokenizedBatch(input_ids, attention_mask, token_field_ids, value_token_mask, num_truncated)
+
+
+
+def render_sentence(field_names: list[str], row_values: list[str]) -> str:
+    """The plain text of one row (docs, debugging, and the per-sample tokenization baseline)."""
+    return " ".join(f"{name} is {value}." for name, value in zip(field_names, row_values))

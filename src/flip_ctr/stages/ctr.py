@@ -1,0 +1,120 @@
+"""Supervised CTR training and exact evaluation.
+
+``CTRStage`` owns what every supervised stage shares: BCE training, AUC and Logloss over the
+*full* validation/test set (torchmetrics, exact AUROC, no threshold binning), and writing
+``metrics.json`` and per-row ``predictions.parquet`` into the run directory. Subclasses only
+say how a batch becomes a logit (``forward``) and what the training loss is.
+
+``CTRModule`` is the plain case: an ID model trained from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import polars as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CTRStage(L.LightningModule):
+    """Base class: exact AUC/Logloss on val and test, predictions and metrics written on test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for split in ("val", "test"):
+            setattr(self, f"{split}_auc", BinaryAUROC())
+            setattr(self, f"{split}_logloss", MeanMetric())
+        self._test_rows: list[torch.Tensor] = []
+        self._test_probs: list[torch.Tensor] = []
+        self._test_labels: list[torch.Tensor] = []
+
+    # subclasses: forward(batch) -> logit [B]; training_step(batch) -> loss
+    def bce(self, logit: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logit.float(), labels.float())
+
+    def _evaluate(self, batch: dict, split: str) -> torch.Tensor:
+        logit = self(batch).float()
+        labels = batch["labels"]
+        getattr(self, f"{split}_auc").update(torch.sigmoid(logit), labels.long())
+        getattr(self, f"{split}_logloss").update(F.binary_cross_entropy_with_logits(logit, labels.float(), reduction="none"))
+        return logit
+
+    def _log_epoch(self, split: str) -> dict[str, float]:
+        auc = getattr(self, f"{split}_auc").compute()
+        logloss = getattr(self, f"{split}_logloss").compute()
+        self.log_dict({f"{split}/auc": auc, f"{split}/logloss": logloss}, prog_bar=True, sync_dist=False)
+        getattr(self, f"{split}_auc").reset()
+        getattr(self, f"{split}_logloss").reset()
+        return {"auc": float(auc), "logloss": float(logloss)}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        logit = self._evaluate(batch, "test")
+        self._test_rows.append(batch["row_ids"].detach().cpu())
+        self._test_probs.append(torch.sigmoid(logit).detach().cpu())
+        self._test_labels.append(batch["labels"].detach().cpu())
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._log_epoch("test")
+        rows = torch.cat(self._test_rows)
+        probs = torch.cat(self._test_probs)
+        labels = torch.cat(self._test_labels)
+        self._test_rows, self._test_probs, self._test_labels = [], [], []
+        if self.trainer.world_size > 1:
+            rows, probs, labels = (self.all_gather(t).reshape(-1).cpu() for t in (rows, probs, labels))
+        if self.trainer.is_global_zero:
+            self.write_test_outputs(metrics, rows, probs, labels)
+
+    def write_test_outputs(self, metrics: dict, rows: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        run_dir = Path(self.trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = {**metrics, "num_test_rows": int(rows.numel())}
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        frame = pl.DataFrame({"row_id": rows.numpy(), "label": labels.numpy().astype("int8"), "prob": probs.numpy()})
+        tmp = run_dir / f".predictions.parquet.tmp{os.getpid()}"
+        frame.sort("row_id").write_parquet(tmp)
+        os.replace(tmp, run_dir / "predictions.parquet")
+        log.info("test AUC %.4f Logloss %.4f over %d rows → %s", metrics["auc"], metrics["logloss"], rows.numel(), run_dir)
+
+
+class CTRModule(CTRStage):
+    """An ID model trained from scratch on clicks (the ID baselines of Table II)."""
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.save_hyperparameters(ignore=["model"])
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(batch["feature_ids"])[1]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.bce(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

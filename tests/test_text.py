@@ -1,0 +1,71 @@
+import torch
+
+from flip_ctr.data.preprocess import SplitConfig, build_artifact
+from flip_ctr.data.text import TextPieces, render_sentence
+
+
+def _pieces(tokenizer, max_length=256):
+    names = ["occupation", "movie title", "genre"]
+    values = [
+        ["unknown", "college/grad student", "writer"],
+        ["unknown", "Toy Story (1995)", "Heat"],
+        ["unknown", "Animation, Children's, Comedy", "Drama"],
+    ]
+    return names, values, TextPieces(names, values, tokenizer, max_length=max_length)
+
+
+def test_assembled_tokens_equal_tokenizing_the_sentence(minilm_tokenizer):
+    names, values, pieces = _pieces(minilm_tokenizer)
+    local = torch.tensor([[1, 1, 1], [2, 2, 2], [1, 2, 1]])
+    batch = pieces.assemble(local)
+    for row in range(local.shape[0]):
+        sentence = render_sentence(names, [values[f][int(local[row, f])] for f in range(3)])
+        expected = minilm_tokenizer(sentence)["input_ids"]
+        length = int(batch.attention_mask[row].sum())
+        assert batch.input_ids[row, :length].tolist() == expected
+        assert (batch.input_ids[row, length:] == minilm_tokenizer.pad_token_id).all()
+
+
+def test_token_field_map_marks_value_spans(minilm_tokenizer):
+    names, values, pieces = _pieces(minilm_tokenizer)
+    batch = pieces.assemble(torch.tensor([[1, 1, 1]]))
+    ids = batch.input_ids[0].tolist()
+    fields = batch.token_field_ids[0].tolist()
+    is_value = batch.value_token_mask[0].tolist()
+    assert fields[0] == -1 and fields[len(ids) - 1] == -1  # [CLS], [SEP]
+    for f in range(3):
+        value_tokens = [t for t, fi, v in zip(ids, fields, is_value) if fi == f and v]
+        template_tokens = [t for t, fi, v in zip(ids, fields, is_value) if fi == f and not v]
+        assert minilm_tokenizer.decode(value_tokens) == minilm_tokenizer.decode(
+            minilm_tokenizer(values[f][1], add_special_tokens=False)["input_ids"]
+        )
+        assert minilm_tokenizer.decode(template_tokens).replace(" ", "") == f"{names[f]}is.".replace(" ", "")
+
+
+def test_truncation_is_reported_and_keeps_sep(minilm_tokenizer):
+    _, _, pieces = _pieces(minilm_tokenizer, max_length=12)
+    batch = pieces.assemble(torch.tensor([[1, 1, 1], [2, 2, 2]]))
+    assert batch.input_ids.shape[1] == 12
+    assert batch.num_truncated == 2
+    assert (batch.input_ids[:, -1] == minilm_tokenizer.sep_token_id).all()
+    assert (batch.token_field_ids[:, -1] == -1).all()
+
+
+def test_dynamic_padding_uses_longest_row(minilm_tokenizer):
+    _, _, pieces = _pieces(minilm_tokenizer)
+    short = pieces.assemble(torch.tensor([[2, 2, 2]]))
+    mixed = pieces.assemble(torch.tensor([[2, 2, 2], [1, 1, 1]]))
+    assert short.input_ids.shape[1] < mixed.input_ids.shape[1]
+    assert int(mixed.attention_mask.sum(1).max()) == mixed.input_ids.shape[1]
+
+
+def test_artifact_values_render_through_pieces(minilm_tokenizer, loaded_table):
+    parts = build_artifact(loaded_table, SplitConfig())
+    space = parts["space"]
+    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
+    local = torch.from_numpy(parts["value_ids"][:4].astype("int64"))
+    batch = pieces.assemble(local)
+    row = loaded_table.table.sort(["timestamp", "row_in_source"]).row(0, named=True)
+    sentence = render_sentence(space.schema.field_names, [row[c] for c in space.schema.field_columns])
+    length = int(batch.attention_mask[0].sum())
+    assert batch.input_ids[0, :length].tolist() == minilm_tokenizer(sentence)["input_ids"]
