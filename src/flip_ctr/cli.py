@@ -2,6 +2,9 @@
 
 Commands:
   train     one stage (default: an ID model trained from scratch), config conf/train.yaml
+  pipeline  alignment pretraining → FLIP_ID / FLIP_PLM / FLIP finetuning and the from-scratch
+            ID model, with a results table; config conf/pipeline.yaml
+  report    run directories → Markdown/CSV results table (mean ± std over seeds, paired t-test)
   help      this text
 
 Hydra's own flags work after the command: `flip-ctr train -m id_model=dcnv2,deepfm seed=1,2,3`,
@@ -31,15 +34,23 @@ def config_dir() -> str:
 
 
 def _train(cfg: DictConfig) -> float | None:
-    from flip_ctr.train import print_metrics, run
+    from flip_ctr.train import format_table, run
 
     metrics = run(cfg)
-    print_metrics(metrics)
+    if "auc" in metrics:
+        print(format_table([metrics]))
     # Returned value is what Hydra sweepers (e.g. Optuna) optimise.
     return metrics.get("auc")
 
 
-COMMANDS = {"train": ("train", _train)}
+def _pipeline(cfg: DictConfig) -> float | None:
+    from flip_ctr.train import run_pipeline
+
+    results = run_pipeline(cfg)
+    return results[-1].get("auc") if results else None
+
+
+COMMANDS = {"train": ("train", _train), "pipeline": ("pipeline", _pipeline)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
+    if command == "report":
+        from flip_ctr.report import main as report_main
+
+        report_main(rest)
+        return
     if command not in COMMANDS:
         raise SystemExit(f"flip-ctr: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     config_name, fn = COMMANDS[command]

@@ -1,98 +1,240 @@
-"""`flip-ctr train`: compose the config, instantiate the pieces, fit, test.
+"""`flip-ctr train` (one stage) and `flip-ctr pipeline` (pretrain → finetuning strategies).
 
-Thin on purpose (lightning-hydra-template style): everything interesting lives in the
-datamodule, the stage's LightningModule and the models; this file only wires them.
+Thin on purpose (lightning-hydra-template style): compose the config, instantiate datamodule,
+module, callbacks, loggers and trainer, fit, test. Everything interesting lives in the
+datamodule, the stage LightningModules and the models.
+
+A stage config (conf/stage/*.yaml) names a ``builder`` below, whether the stage reads text,
+and its batch size / epochs / learning rates.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
 
-def instantiate_dict(cfg: DictConfig | None) -> list:
-    """Instantiates every entry of a config group dict (callbacks, loggers); skips nulls."""
-    if not cfg:
-        return []
-    return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+# -- builders: (cfg, stage, datamodule, stage_dir) → LightningModule ------------------------------
+def _id_model_spec(cfg: DictConfig, datamodule) -> dict:
+    spec = OmegaConf.to_container(cfg.id_model, resolve=True)
+    spec.pop("_target_", None)
+    return {**spec, "num_features": datamodule.num_features, "num_fields": datamodule.num_fields}
 
 
 def build_id_model(cfg: DictConfig, datamodule) -> torch.nn.Module:
-    return hydra.utils.instantiate(cfg.id_model, num_features=datamodule.num_features, num_fields=datamodule.num_fields)
+    from flip_ctr.models.id import build_id_model as build
+
+    return build(**_id_model_spec(cfg, datamodule))
 
 
-def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
-    """The stage's LightningModule with its models. Stage configs name a builder or a module."""
-    builder = cfg.stage.get("builder")
-    if builder:
-        return hydra.utils.call(builder, cfg=cfg, datamodule=datamodule)
-    return hydra.utils.instantiate(cfg.stage.module, model=build_id_model(cfg, datamodule))
+def build_plm(plm_cfg: DictConfig) -> torch.nn.Module:
+    from flip_ctr.models.plm import PLMEncoder
+
+    if plm_cfg.get("random_init"):
+        return PLMEncoder.random_like(plm_cfg.name_or_path, **plm_cfg.random_init)
+    return PLMEncoder.from_pretrained(
+        plm_cfg.name_or_path, keep_layers=plm_cfg.get("keep_layers"), gradient_checkpointing=plm_cfg.get("gradient_checkpointing", False)
+    )
 
 
-def run(cfg: DictConfig) -> dict:
-    """Fit + test one configuration; returns the test metrics (also in <run dir>/metrics.json)."""
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+def _load_plm(cfg: DictConfig, stage: DictConfig) -> torch.nn.Module:
+    if stage.get("pretrained_dir"):
+        from flip_ctr.stages.checkpoints import load_aligned_plm
+
+        return load_aligned_plm(Path(stage.pretrained_dir), gradient_checkpointing=cfg.plm.get("gradient_checkpointing", False))
+    return build_plm(cfg.plm)
+
+
+def _load_id_model(cfg: DictConfig, stage: DictConfig, datamodule) -> torch.nn.Module:
+    if stage.get("pretrained_dir"):
+        from flip_ctr.stages.checkpoints import load_id_model
+
+        model, spec = load_id_model(Path(stage.pretrained_dir))
+        if spec["num_features"] != datamodule.num_features:
+            raise ValueError(
+                f"aligned ID model in {stage.pretrained_dir} has {spec['num_features']} features, the data has "
+                f"{datamodule.num_features}: it was pretrained on another dataset or preprocessing"
+            )
+        return model
+    return build_id_model(cfg, datamodule)
+
+
+def build_ctr(cfg, stage, datamodule, stage_dir):
+    from flip_ctr.stages.ctr import CTRModule
+
+    return CTRModule(build_id_model(cfg, datamodule), lr=stage.lr, weight_decay=stage.weight_decay)
+
+
+def build_finetune_id(cfg, stage, datamodule, stage_dir):
+    from flip_ctr.stages.finetune_id import FinetuneIDModule
+
+    return FinetuneIDModule(_load_id_model(cfg, stage, datamodule), lr=stage.lr, weight_decay=stage.weight_decay)
+
+
+def build_finetune_plm(cfg, stage, datamodule, stage_dir):
+    from flip_ctr.stages.finetune import FinetunePLMModule
+
+    return FinetunePLMModule(_load_plm(cfg, stage), lr_plm=stage.lr_plm, weight_decay=stage.weight_decay)
+
+
+def build_finetune_joint(cfg, stage, datamodule, stage_dir):
+    from flip_ctr.stages.finetune import FinetuneJointModule
+
+    return FinetuneJointModule(
+        _load_id_model(cfg, stage, datamodule),
+        _load_plm(cfg, stage),
+        lr_id=stage.lr_id,
+        lr_plm=stage.lr_plm,
+        weight_decay=stage.weight_decay,
+    )
+
+
+def build_pretrain(cfg, stage, datamodule, stage_dir):
+    from flip_ctr.stages.pretrain import AlignmentPretrainModule
+
+    alignment = OmegaConf.to_container(cfg.ablation, resolve=True)
+    for key in ("name", "pretrain"):
+        alignment.pop(key, None)
+    artifact = datamodule.artifact
+    return AlignmentPretrainModule(
+        id_model=build_id_model(cfg, datamodule),
+        plm=build_plm(cfg.plm),
+        feature_frequencies=torch.as_tensor(artifact.feature_frequencies, dtype=torch.float),
+        field_offsets=artifact.space.field_offsets,
+        alignment=alignment,
+        lr=stage.lr,
+        weight_decay=stage.weight_decay,
+        warmup_ratio=stage.get("warmup_ratio", 0.0),
+        seed=cfg.seed,
+        save_dir=str(Path(stage_dir) / "aligned"),
+        id_model_spec=_id_model_spec(cfg, datamodule),
+    )
+
+
+# -- running one stage ---------------------------------------------------------------------------------
+def instantiate_group(cfg: DictConfig | None, stage_dir: Path, key: str) -> list:
+    """Instantiates each entry of a callbacks/logger group, pointing its ``key`` dir at the stage."""
+    objects = []
+    for entry in (cfg or {}).values():
+        if entry is None or "_target_" not in entry:
+            continue
+        overrides = {key: str(stage_dir / ("checkpoints" if key == "dirpath" else ""))} if key in entry else {}
+        objects.append(hydra.utils.instantiate(entry, **overrides))
+    return objects
+
+
+def make_datamodule(cfg: DictConfig, stage: DictConfig):
+    tokenizer = cfg.plm.name_or_path if stage.get("needs_text") and "plm" in cfg else None
+    return hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, batch_size=stage.batch_size)
+
+
+def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=None) -> dict:
+    """Fit + test one stage in ``stage_dir``; returns the test metrics (also in metrics.json)."""
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    module = build_module(cfg, datamodule)
-    callbacks = instantiate_dict(cfg.get("callbacks"))
-    loggers = instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    run_dir = Path(trainer.default_root_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if datamodule is None:
+        datamodule = make_datamodule(cfg, stage)
+        datamodule.prepare_data()
+        datamodule.setup()
+    module = hydra.utils.call(stage.builder)(cfg=cfg, stage=stage, datamodule=datamodule, stage_dir=stage_dir)
+    is_pretrain = stage.name == "pretrain"
+    callbacks = [] if is_pretrain else instantiate_group(cfg.get("callbacks"), stage_dir, "dirpath")
+    loggers = instantiate_group(cfg.get("logger"), stage_dir, "save_dir")
+    trainer_overrides = {"default_root_dir": str(stage_dir), "max_epochs": stage.max_epochs}
+    if stage.get("limit_train_batches") is not None:
+        trainer_overrides["limit_train_batches"] = stage.limit_train_batches
+    if is_pretrain:
+        trainer_overrides.update(limit_val_batches=0, enable_checkpointing=False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
+    (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics: dict = {}
-    if cfg.get("test"):
-        has_best = trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path
-        trainer.test(module, datamodule=datamodule, ckpt_path="best" if has_best else None)
-        metrics_file = run_dir / "metrics.json"
-        if metrics_file.exists():
-            metrics = json.loads(metrics_file.read_text())
-            metrics.update(
-                dataset=cfg.data.dataset,
-                id_model=cfg.id_model.get("name"),
-                stage=cfg.stage.name,
-                seed=cfg.seed,
-                best_val_auc=float(trainer.checkpoint_callback.best_model_score)
-                if has_best and trainer.checkpoint_callback.best_model_score is not None
-                else None,
-                epochs_trained=trainer.current_epoch,
-            )
-            metrics_file.write_text(json.dumps(metrics, indent=2))
-            for lg in loggers:
-                lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    fit_seconds = time.perf_counter() - start
+    if is_pretrain or not cfg.get("test", True):
+        return {"stage": stage.name, "fit_seconds": fit_seconds}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    metrics.update(
+        dataset=cfg.data.dataset,
+        id_model=cfg.id_model.get("name"),
+        plm=cfg.plm.get("name") if "plm" in cfg else None,
+        stage=stage.name,
+        ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
+        seed=cfg.seed,
+        best_val_auc=float(trainer.checkpoint_callback.best_model_score) if best else None,
+        epochs_trained=trainer.current_epoch,
+        fit_seconds=fit_seconds,
+    )
+    (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for lg in loggers:
+        lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
 
 
-def print_metrics(metrics: dict) -> None:
-    if not metrics:
-        return
-    rows = [("dataset", "model", "stage", "seed", "test AUC", "test Logloss")]
-    rows.append(
-        (
-            str(metrics.get("dataset")),
-            str(metrics.get("id_model")),
-            str(metrics.get("stage")),
-            str(metrics.get("seed")),
-            f"{metrics['auc']:.4f}",
-            f"{metrics['logloss']:.4f}",
+def run(cfg: DictConfig) -> dict:
+    """`flip-ctr train`: one stage, in the Hydra run directory."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    return run_stage(cfg, cfg.stage, Path(cfg.paths.output_dir))
+
+
+STRATEGY_LABELS = {
+    "ctr": "ID model from scratch",
+    "scratch": "ID model from scratch",
+    "finetune_id": "FLIP_ID",
+    "finetune_plm": "FLIP_PLM",
+    "finetune_joint": "FLIP",
+}
+
+
+def run_pipeline(cfg: DictConfig) -> list[dict]:
+    """`flip-ctr pipeline`: alignment pretraining once, then every strategy in ``cfg.strategies``."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    out = Path(cfg.paths.output_dir)
+    aligned = None
+    if cfg.ablation.get("pretrain", True) and any(s != "scratch" for s in cfg.strategies):
+        run_stage(cfg, cfg.stages.pretrain, out / "pretrain")
+        aligned = str(out / "pretrain" / "aligned")
+    results = []
+    for strategy in cfg.strategies:
+        if strategy not in cfg.stages:
+            raise ValueError(f"unknown strategy {strategy!r}; known: {list(cfg.stages)}")
+        stage = cfg.stages[strategy]
+        if "pretrained_dir" in stage:
+            with open_dict(stage):
+                stage.pretrained_dir = aligned
+        metrics = run_stage(cfg, stage, out / strategy)
+        metrics["strategy"] = strategy
+        results.append(metrics)
+    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    table = format_table(results)
+    (out / "summary.md").write_text(table + "\n")
+    print(table)
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    header = "| model | dataset | ID model | PLM | ablation | seed | test AUC | test Logloss | fit s |"
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for m in results:
+        label = STRATEGY_LABELS.get(m.get("strategy", m.get("stage")), m.get("stage"))
+        lines.append(
+            f"| {label} | {m.get('dataset')} | {m.get('id_model')} | {m.get('plm') or '-'} | {m.get('ablation') or '-'} "
+            f"| {m.get('seed')} | {m['auc']:.4f} | {m['logloss']:.4f} | {m.get('fit_seconds', 0):.0f} |"
         )
-    )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return "\n".join(lines)

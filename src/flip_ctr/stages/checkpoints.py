@@ -1,0 +1,73 @@
+"""The checkpoint contract between pretraining and finetuning.
+
+``<dir>/id_model.pt``: ``{"spec": {"name": ..., **constructor kwargs}, "state_dict": ...}`` —
+enough to rebuild the aligned ID model with no PLM code and no transformers import, which is
+what lets FLIP_ID be trained, evaluated and served as a plain ID model.
+
+``<dir>/plm/``: the aligned encoder in Hugging Face ``save_pretrained`` format (+ tokenizer),
+loadable by any HF-compatible tool as well as by :func:`load_aligned_plm`.
+
+Writes are atomic (temp path, then rename), so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ID_MODEL_FILE = "id_model.pt"
+PLM_DIR = "plm"
+
+
+def save_id_model(path: Path, model: nn.Module, spec: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"spec": dict(spec), "state_dict": state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_id_model(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuilds the ID model from ``spec`` and loads its weights; imports no PLM code."""
+    from flip_ctr.models.id import build_id_model
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ID_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no aligned ID model at {path} (expected the {ID_MODEL_FILE} written by pretraining)")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    spec = dict(payload["spec"])
+    model = build_id_model(**spec)
+    model.load_state_dict(payload["state_dict"])
+    return model, spec
+
+
+def save_aligned(directory: Path, id_model: nn.Module, id_model_spec: dict, plm: nn.Module) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_id_model(directory / ID_MODEL_FILE, id_model, id_model_spec)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{PLM_DIR}.", dir=directory))
+    try:
+        plm.save_pretrained(tmp)
+        target = directory / PLM_DIR
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_aligned_plm(directory: Path, **kwargs) -> nn.Module:
+    from flip_ctr.models.plm import PLMEncoder
+
+    path = Path(directory) / PLM_DIR
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no aligned PLM at {path} (expected the {PLM_DIR}/ directory written by pretraining)")
+    return PLMEncoder.from_pretrained(str(path), **kwargs)

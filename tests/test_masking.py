@@ -1,0 +1,158 @@
+"""Tests for flip_ctr.data.masking (paper §IV-C1: field-level masking of both modalities)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from flip_ctr.data.masking import (
+    choose_masked_fields,
+    field_level_text_mask,
+    mask_batch,
+    mask_tabular,
+    mask_text,
+    num_masked,
+    token_level_text_mask,
+)
+
+MASK_TOKEN = 99
+NUM_FEATURES = 30  # fields own [0,10), [10,20), [20,30); the <MASK> feature is id 30
+
+
+def hand_batch() -> dict[str, torch.Tensor]:
+    """Two samples, three fields: "[CLS] <name> is <value> . (x3) [SEP] <pad>...".
+
+    Per field the sentence is name, "is", value token(s), "." — only the value tokens are in
+    the value span. L = 17.
+    """
+    # sample 0: CLS | f0: n is v . | f1: n is v v . | f2: n is v . | SEP | pad pad
+    fid0 = [-1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, -1, -1, -1]
+    val0 = [0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0]
+    att0 = [1] * 15 + [0, 0]
+    # sample 1: CLS | f0: n is v v v . | f1: n is v . | f2: n is v v . | SEP
+    fid1 = [-1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, -1]
+    val1 = [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0]
+    att1 = [1] * 17
+    return {
+        "input_ids": torch.arange(1, 35).view(2, 17),
+        "attention_mask": torch.tensor([att0, att1]),
+        "token_field_ids": torch.tensor([fid0, fid1]),
+        "value_token_mask": torch.tensor([val0, val1], dtype=torch.bool),
+        "feature_ids": torch.tensor([[3, 12, 25], [7, 10, 29]]),
+    }
+
+
+def test_num_masked_rounding_rule():
+    for n in range(1, 20):
+        for r in (0.05, 0.15, 0.3, 0.5, 0.6, 1.0):
+            expected = min(n, max(1, math.floor(r * n + 0.5)))
+            assert num_masked(n, r) == expected
+    assert num_masked(8, 0.15) == 1 and num_masked(8, 0.3) == 2 and num_masked(8, 0.6) == 5
+    assert num_masked(5, 0.5) == 3  # half rounds up (Python's round would give 2)
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            num_masked(8, bad)
+
+
+@pytest.mark.parametrize("num_fields,ratio", [(3, 0.15), (8, 0.3), (8, 0.6), (15, 0.15), (4, 1.0)])
+def test_choose_masked_fields_count_per_sample(num_fields, ratio):
+    g = torch.Generator().manual_seed(0)
+    m = choose_masked_fields(64, num_fields, ratio, g)
+    assert m.dtype == torch.bool and m.shape == (64, num_fields)
+    assert (m.sum(dim=1) == num_masked(num_fields, ratio)).all()
+
+
+def test_choose_masked_fields_is_uniform():
+    g = torch.Generator().manual_seed(1)
+    m = choose_masked_fields(20000, 5, 0.4, g)  # 2 of 5 fields per sample
+    freq = m.float().mean(dim=0)
+    assert torch.allclose(freq, torch.full((5,), 0.4), atol=0.02)
+
+
+def test_masks_advance_and_reseed():
+    g = torch.Generator().manual_seed(123)
+    a = choose_masked_fields(32, 8, 0.3, g)
+    b = choose_masked_fields(32, 8, 0.3, g)
+    assert not torch.equal(a, b), "an advancing generator must give a fresh mask"
+    g.manual_seed(123)
+    assert torch.equal(choose_masked_fields(32, 8, 0.3, g), a)
+    assert torch.equal(choose_masked_fields(32, 8, 0.3, g), b)
+
+
+def test_field_level_text_mask_covers_exactly_chosen_value_tokens():
+    batch = hand_batch()
+    chosen = torch.tensor([[False, True, False], [True, False, True]])
+    mask = field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], chosen)
+    expected = torch.zeros(2, 17, dtype=torch.bool)
+    expected[0, [7, 8]] = True  # sample 0, field 1 value span
+    expected[1, [3, 4, 5]] = True  # sample 1, field 0 value span
+    expected[1, [13, 14]] = True  # sample 1, field 2 value span
+    assert torch.equal(mask, expected)
+    # exhaustive check against the definition for random field choices
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        chosen = choose_masked_fields(2, 3, 0.6, g)
+        mask = field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], chosen)
+        for i in range(2):
+            for l in range(17):
+                f = int(batch["token_field_ids"][i, l])
+                want = f >= 0 and bool(chosen[i, f]) and bool(batch["value_token_mask"][i, l])
+                assert bool(mask[i, l]) == want
+
+
+def test_mask_text_replaces_only_selected():
+    batch = hand_batch()
+    chosen = torch.tensor([[True, False, False], [False, False, True]])
+    mask = field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], chosen)
+    out = mask_text(batch["input_ids"], mask, MASK_TOKEN)
+    assert (out[mask] == MASK_TOKEN).all()
+    assert torch.equal(out[~mask], batch["input_ids"][~mask])
+    assert torch.equal(batch["input_ids"], torch.arange(1, 35).view(2, 17)), "input must not be modified in place"
+
+
+def test_mask_tabular_single_shared_mask_id():
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 10, (16, 3), generator=g) + torch.tensor([0, 10, 20])
+    chosen = choose_masked_fields(16, 3, 0.3, g)
+    out = mask_tabular(ids, chosen, NUM_FEATURES)
+    assert (out[chosen] == NUM_FEATURES).all()
+    assert torch.equal(out[~chosen], ids[~chosen])
+    assert set(out[chosen].unique().tolist()) == {NUM_FEATURES}
+    assert ((out == NUM_FEATURES).sum(dim=1) == num_masked(3, 0.3)).all()
+
+
+def test_token_level_mask_ignores_special_and_padding():
+    batch = hand_batch()
+    g = torch.Generator().manual_seed(0)
+    special = batch["token_field_ids"] < 0
+    seen = torch.zeros(2, 17, dtype=torch.bool)
+    for _ in range(50):
+        m = token_level_text_mask(batch["attention_mask"], batch["token_field_ids"], 0.3, g)
+        assert not (m & special).any()
+        assert not (m & (batch["attention_mask"] == 0)).any()
+        candidates = (batch["attention_mask"].bool() & ~special).sum(dim=1)
+        assert m.sum(dim=1).tolist() == [num_masked(int(c), 0.3) for c in candidates]
+        seen |= m
+        # bool special-tokens mask gives the same semantics
+        g2 = torch.Generator().manual_seed(7)
+        g3 = torch.Generator().manual_seed(7)
+        a = token_level_text_mask(batch["attention_mask"], batch["token_field_ids"], 0.3, g2)
+        b = token_level_text_mask(batch["attention_mask"], special, 0.3, g3)
+        assert torch.equal(a, b)
+    # token-level masking reaches template words too (not only value spans)
+    assert (seen & ~batch["value_token_mask"] & ~special).any()
+
+
+def test_mask_batch_both_modalities():
+    batch = hand_batch()
+    g = torch.Generator().manual_seed(0)
+    out = mask_batch(batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES, generator=g)
+    assert torch.equal(out.text_mask, field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], out.text_masked_fields))
+    assert torch.equal(out.masked_input_ids, mask_text(batch["input_ids"], out.text_mask, MASK_TOKEN))
+    assert torch.equal(out.masked_feature_ids, mask_tabular(batch["feature_ids"], out.tab_masked_fields, NUM_FEATURES))
+    tok = mask_batch(
+        batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES, generator=g, token_level=True
+    )
+    assert tok.text_masked_fields is None and tok.text_mask.any()
