@@ -26,8 +26,8 @@ test: ## the default test suite (CPU, < 20 min)
 test-slow: ## real-data tests (ML-1M/ML-100K, real MiniLM)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-train: ## the main job: ID model from scratch on ML-100K (see README for the FLIP pipeline)
-	$(VENV)/bin/flip-ctr train $(ARGS)
+train: ## the main job: FLIP pipeline (pretrain → scratch / FLIP_ID / FLIP_PLM / FLIP) on ML-100K, CPU scale
+	$(VENV)/bin/flip-ctr pipeline $(ARGS)
 
 ids: ## the nine ID baselines on ML-1M and ML-100K, 3 seeds → results/id_baselines.md
 	$(PY) scripts/run_id_baselines.py $(ARGS)

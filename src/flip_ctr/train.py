@@ -112,6 +112,7 @@ def build_pretrain(cfg, stage, datamodule, stage_dir):
         field_offsets=artifact.space.field_offsets,
         alignment=alignment,
         lr=stage.lr,
+        id_lr=stage.get("id_lr"),
         weight_decay=stage.weight_decay,
         warmup_ratio=stage.get("warmup_ratio", 0.0),
         seed=cfg.seed,
@@ -148,10 +149,16 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         datamodule.setup()
     module = hydra.utils.call(stage.builder)(cfg=cfg, stage=stage, datamodule=datamodule, stage_dir=stage_dir)
     is_pretrain = stage.name == "pretrain"
+    from flip_ctr.callbacks import SpeedMonitor
+
     callbacks = [] if is_pretrain else instantiate_group(cfg.get("callbacks"), stage_dir, "dirpath")
+    callbacks.append(SpeedMonitor())
     loggers = instantiate_group(cfg.get("logger"), stage_dir, "save_dir")
-    trainer_overrides = {"default_root_dir": str(stage_dir), "max_epochs": stage.max_epochs}
-    if stage.get("limit_train_batches") is not None:
+    # Epochs and batch limits are per stage; an explicit trainer.* value on the command line wins.
+    trainer_overrides = {"default_root_dir": str(stage_dir)}
+    if cfg.trainer.get("max_epochs") is None:
+        trainer_overrides["max_epochs"] = stage.max_epochs
+    if stage.get("limit_train_batches") is not None and cfg.trainer.get("limit_train_batches") is None:
         trainer_overrides["limit_train_batches"] = stage.limit_train_batches
     if is_pretrain:
         trainer_overrides.update(limit_val_batches=0, enable_checkpointing=False)

@@ -50,8 +50,8 @@ class BatchBuilder:
     """Collate function: row indices → batch dict (see module docstring)."""
 
     def __init__(self, artifact: Artifact, text: TextPieces | None) -> None:
-        self.value_ids = torch.from_numpy(np.ascontiguousarray(artifact.value_ids)).long()
-        self.labels = torch.from_numpy(np.ascontiguousarray(artifact.labels)).float()
+        self.value_ids = torch.from_numpy(np.array(artifact.value_ids, dtype=np.int64))
+        self.labels = torch.from_numpy(np.array(artifact.labels, dtype=np.float32))
         self.num_seen = torch.tensor(artifact.space.num_seen, dtype=torch.long)
         self.field_offsets = torch.tensor(artifact.space.field_offsets[:-1], dtype=torch.long)
         self.text = text

@@ -253,8 +253,14 @@ def write_artifact(parts: dict, path: Path) -> None:
         with open(tmp / "manifest.json", "w") as fh:
             json.dump(manifest, fh, indent=1)
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            # Another process (a parallel sweep job) renamed its identical copy into place first.
+            if not (path / "manifest.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -56,6 +56,7 @@ class AlignmentPretrainModule(L.LightningModule):
         field_offsets: list[int],
         alignment: AlignmentConfig | dict | None = None,
         lr: float = 5e-5,
+        id_lr: float | None = None,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.0,
         seed: int = 0,
@@ -70,6 +71,9 @@ class AlignmentPretrainModule(L.LightningModule):
         self.id_model = id_model
         self.plm = plm
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        # The paper uses one lr (5e-5) for 30 epochs; short CPU-scale runs give the ID model
+        # and heads (randomly initialised, unlike the PLM) their own, larger lr.
+        self.id_lr = id_lr
         self.seed = seed
         self.save_dir = save_dir
         self.id_model_spec = id_model_spec or {}
@@ -163,12 +167,18 @@ class AlignmentPretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         """AdamW with cosine decay (paper §V-A4); optional linear warm-up."""
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
+                is_plm = name.startswith("plm.")
+                no_decay = p.ndim < 2 or "LayerNorm" in name or "norm" in name
+                groups.setdefault((is_plm, no_decay), []).append(p)
+        other_lr = self.id_lr if self.id_lr is not None else self.lr
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=self.lr
+            [
+                {"params": params, "lr": self.lr if is_plm else other_lr, "weight_decay": 0.0 if no_decay else self.weight_decay}
+                for (is_plm, no_decay), params in groups.items()
+            ]
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.warmup_ratio)
