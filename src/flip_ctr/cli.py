@@ -4,6 +4,7 @@ Commands:
   train     one stage (default: an ID model trained from scratch), config conf/train.yaml
   pipeline  alignment pretraining → FLIP_ID / FLIP_PLM / FLIP finetuning and the from-scratch
             ID model, with a results table; config conf/pipeline.yaml
+  analyze   a pipeline run → embedding SVD and field-alignment heatmap (paper Fig. 2/8/9)
   report    run directories → Markdown/CSV results table (mean ± std over seeds, paired t-test)
   help      this text
 
@@ -59,10 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
-    if command == "report":
-        from flip_ctr.report import main as report_main
+    if command in ("report", "analyze"):
+        from importlib import import_module
 
-        report_main(rest)
+        import_module(f"flip_ctr.{'report' if command == 'report' else 'analysis'}").main(rest)
         return
     if command not in COMMANDS:
         raise SystemExit(f"flip-ctr: unknown command {command!r}; commands: {', '.join(COMMANDS)}")

@@ -226,7 +226,9 @@ class PLMEncoder(nn.Module):
     def _finish(cls, model, keep_layers, gradient_checkpointing, mask_token_id, name) -> PLMEncoder:
         # fp32 master weights whatever the checkpoint's dtype (a fp16 checkpoint would otherwise
         # train in fp16); mixed precision is the trainer's autocast.
-        model = model.float()
+        # from_pretrained returns eval mode; Lightning keeps module modes, so without this the
+        # encoder's dropout would silently stay off during training.
+        model = model.float().train()
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # unused by FLIP; would be a DDP unused parameter
         if keep_layers is not None:

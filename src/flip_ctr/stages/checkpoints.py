@@ -22,14 +22,35 @@ from torch import nn
 
 ID_MODEL_FILE = "id_model.pt"
 PLM_DIR = "plm"
+# The pretraining heads (MLM/MTM/ICL) and the alignment config: not needed to finetune, but the
+# analyses (e.g. the masked-text vs masked-tabular similarity map) use the ICL projections.
+HEADS_FILE = "alignment_heads.pt"
+
+
+def _atomic_torch_save(payload: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _cpu_state(module: nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def save_id_model(path: Path, model: nn.Module, spec: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"spec": dict(spec), "state_dict": state}, tmp)
-    os.replace(tmp, path)
+    _atomic_torch_save({"spec": dict(spec), "state_dict": _cpu_state(model)}, path)
+
+
+def save_heads(path: Path, heads: dict[str, nn.Module], alignment_config: dict) -> None:
+    _atomic_torch_save({"config": dict(alignment_config), "heads": {k: _cpu_state(m) for k, m in heads.items()}}, path)
+
+
+def load_heads(directory: Path) -> dict:
+    path = Path(directory) / HEADS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no pretraining heads at {path} (written by pretraining since flip-ctr 0.1)")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_id_model(path: Path) -> tuple[nn.Module, dict]:

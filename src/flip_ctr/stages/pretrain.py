@@ -15,7 +15,7 @@ At the end of fitting, the aligned ID model and PLM are saved separately
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +24,7 @@ from torch import nn
 
 from flip_ctr.data import masking
 from flip_ctr.models.alignment import ICLHead, MLMHead, MTMHead
-from flip_ctr.stages.checkpoints import save_aligned
+from flip_ctr.stages.checkpoints import HEADS_FILE, save_aligned, save_heads
 
 log = logging.getLogger(__name__)
 
@@ -195,4 +195,6 @@ class AlignmentPretrainModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.save_dir and self.trainer.is_global_zero:
             save_aligned(Path(self.save_dir), self.id_model, self.id_model_spec, self.plm)
+            heads = {name: getattr(self, name) for name in ("mlm", "mtm", "icl") if hasattr(self, name)}
+            save_heads(Path(self.save_dir) / HEADS_FILE, heads, asdict(self.cfg))
             log.info("aligned ID model and PLM saved to %s", self.save_dir)
