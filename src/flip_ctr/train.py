@@ -158,8 +158,12 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     trainer_overrides = {"default_root_dir": str(stage_dir)}
     if cfg.trainer.get("max_epochs") is None:
         trainer_overrides["max_epochs"] = stage.max_epochs
-    if stage.get("limit_train_batches") is not None and cfg.trainer.get("limit_train_batches") is None:
-        trainer_overrides["limit_train_batches"] = stage.limit_train_batches
+    limit = stage.get("limit_train_batches")
+    if limit is not None and cfg.trainer.get("limit_train_batches") is None:
+        if isinstance(limit, float) and 0 < limit < 1:
+            # A share of the batches, but at least one (Lightning refuses a share that rounds to 0).
+            limit = max(1, int(limit * len(datamodule.train_dataloader())))
+        trainer_overrides["limit_train_batches"] = limit
     if is_pretrain:
         trainer_overrides.update(limit_val_batches=0, enable_checkpointing=False)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)

@@ -1,0 +1,206 @@
+"""The Hydra configs and the `flip-ctr` entry point.
+
+Composition of `train` and `pipeline` with every option of every config group, bad overrides,
+one end-to-end `flip-ctr pipeline` run on the ML-100K fixture (tiny random PLM, one epoch per
+stage), and a malformed data file reported by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
+
+import fixtures_data as fx
+from test_datamodule import make_dm, write_ml100k_fixture
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("id_model", "ablation", "plm", "stage")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(name: str, overrides: list[str], tmp_path: Path | None = None):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        extra = [f"paths.output_dir={tmp_path}"] if tmp_path is not None else []
+        cfg = compose(config_name=name, overrides=overrides + extra, return_hydra_config=tmp_path is not None)
+        if tmp_path is not None:
+            # what the Hydra app does before running the job: ${hydra:...} interpolations resolve
+            HydraConfig.instance().set_config(cfg)
+            resolved = cfg.copy()
+            with open_dict(resolved):
+                del resolved["hydra"]
+            OmegaConf.resolve(resolved)
+            return resolved
+        return cfg
+
+
+def test_every_group_has_options():
+    from flip_ctr.models.id import ID_MODELS
+
+    for group in GROUPS:
+        assert options(group), group
+    assert set(options("id_model")) == set(ID_MODELS)  # every registered ID model is selectable
+
+
+def option_rows() -> list[dict[str, str]]:
+    """Enough override sets that every option of every group is composed at least once
+    (row i takes option i mod n of each group): 2 x max(n) compositions instead of 2 x sum(n)."""
+    per_group = {g: options(g) for g in GROUPS}
+    width = max(len(v) for v in per_group.values())
+    return [{g: opts[i % len(opts)] for g, opts in per_group.items()} for i in range(width)]
+
+
+CASES = [(name, row) for name in ("train", "pipeline") for row in option_rows()]
+
+
+@pytest.mark.parametrize(("config", "row"), CASES, ids=[f"{c}-{'-'.join(r.values())}" for c, r in CASES])
+def test_compose_every_option(config, row, tmp_path):
+    import hydra
+    import torch
+
+    from flip_ctr.models.plm import resolve_plm_path
+    from flip_ctr.stages.pretrain import AlignmentConfig
+    from flip_ctr.train import build_id_model
+
+    # the pipeline's stages are packaged stage configs: swap the scratch slot
+    stage_key = "stage" if config == "train" else "stage@stages.scratch"
+    overrides = [f"{stage_key if g == 'stage' else g}={o}" for g, o in row.items()]
+    cfg = compose_cfg(config, overrides, tmp_path)
+    for group, option in row.items():
+        chosen = cfg.stages.scratch if (config == "pipeline" and group == "stage") else cfg[group]
+        assert chosen.name == option, (group, option)
+    assert cfg.paths.output_dir == str(tmp_path)
+    # the pieces the chosen options feed are usable
+    stages = [cfg.stage] if config == "train" else list(cfg.stages.values())
+    for stage in stages:
+        assert callable(hydra.utils.instantiate(stage.builder)) and stage.batch_size > 0 and stage.max_epochs >= 1
+    alignment = {k: v for k, v in OmegaConf.to_container(cfg.ablation).items() if k not in ("name", "pretrain")}
+    AlignmentConfig(**alignment)
+    assert cfg.data._target_ == "flip_ctr.data.datamodule.CTRDataModule"
+
+    class FakeData:
+        num_features, num_fields = 40, 5
+
+    model = build_id_model(cfg, FakeData())
+    v, logit = model(torch.randint(0, 40, (3, 5)))
+    assert logit.shape == (3,) and v.shape == (3, model.representation_dim)
+    resolve_plm_path(cfg.plm.name_or_path)  # a local alias resolves, a hub name passes through
+    if config == "pipeline":
+        assert set(cfg.strategies) <= set(cfg.stages)
+
+
+def test_option_rows_cover_every_option():
+    rows = option_rows()
+    for group in GROUPS:
+        assert {r[group] for r in rows} == set(options(group))
+
+
+@pytest.mark.parametrize("config", ["train", "pipeline"])
+@pytest.mark.parametrize("override", ["id_model=nope", "ablation=nope", "plm=nope", "stage=nope", "ablation.use_mlmm=false"])
+def test_bad_override_fails(config, override):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(config, [override])
+    if override.endswith("=nope"):
+        group = override.split("=")[0]
+        if not (config == "pipeline" and group == "stage"):
+            assert "nope" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def flip_ctr_command() -> list[str]:
+    script = Path(sys.executable).parent / "flip-ctr"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "flip_ctr.cli"]
+
+
+def quiet_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HYDRA_FULL_ERROR": "0"}
+
+
+def test_pipeline_end_to_end(tmp_path):
+    data = write_ml100k_fixture(tmp_path / "data" / "ml-100k")
+    logs = tmp_path / "logs"
+    strategies = list(compose_cfg("pipeline", []).strategies)
+    overrides = [
+        "plm=tiny_random",
+        f"data.data_dir={data}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"paths.log_dir={logs}",
+        "stages.pretrain.max_epochs=1",
+        "stages.pretrain.batch_size=64",
+        *[f"stages.{s}.max_epochs=1" for s in strategies],
+        # every batch of the tiny fixture (a fraction of its ~6 batches would be < 1 batch)
+        *[f"stages.{s}.limit_train_batches=null" for s in ["pretrain", *strategies]],
+        "logger=csv",
+        "num_threads=1",
+        "ablation.head_hidden_dim=32",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "flip_ctr.cli", "pipeline", *overrides],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=quiet_env(),
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    summaries = list(logs.rglob("summary.md"))
+    assert len(summaries) == 1, summaries
+    run = summaries[0].parent
+    from flip_ctr.train import STRATEGY_LABELS
+
+    rows = [line.split("|")[1].strip() for line in summaries[0].read_text().splitlines()[2:] if line.strip()]
+    assert rows == [STRATEGY_LABELS[s] for s in strategies] and len(set(rows)) == len(strategies) == 4
+    expected = make_dm(data, tmp_path / "cache").artifact  # the cache the run wrote
+    for strategy in strategies:
+        metrics = json.loads((run / strategy / "metrics.json").read_text())
+        assert 0.0 <= metrics["auc"] <= 1.0 and metrics["logloss"] > 0, strategy
+        assert metrics["num_test_rows"] == expected.num_test and metrics["dataset"] == "ml100k"
+        assert metrics["plm"] == "tiny_random" and metrics["best_val_auc"] is not None
+        assert (run / strategy / "predictions.parquet").is_file()
+    assert (run / "pretrain" / "aligned" / "id_model.pt").is_file()
+    assert (run / "pretrain" / "aligned" / "plm" / "config.json").is_file()
+    # the finetuning strategies started from the aligned models, the scratch baseline did not
+    for strategy in strategies:
+        stage = OmegaConf.load(run / strategy / "config.yaml").stages[strategy]
+        if "pretrained_dir" in stage:
+            assert Path(stage.pretrained_dir) == run / "pretrain" / "aligned"
+    assert "pretrained_dir" not in OmegaConf.load(run / "scratch" / "config.yaml").stages.scratch
+    summary = json.loads((run / "summary.json").read_text())
+    assert [m["strategy"] for m in summary] == strategies
+
+
+def test_malformed_ratings_file_is_named(tmp_path):
+    data = write_ml100k_fixture(tmp_path / "ml-100k")
+    bad = fx.write_lines(data / "u.data", ["1,1,5,874965758", "2,2,4,874965759"])  # comma- instead of tab-separated
+    proc = subprocess.run(
+        [*flip_ctr_command(), "train", f"data.data_dir={data}", f"data.cache_dir={tmp_path / 'cache'}",
+         f"paths.log_dir={tmp_path / 'logs'}", "logger=none"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=quiet_env(),
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert f"{bad} line 1" in output, output[-3000:]  # the file, the line, and (below) why
+    assert "separat" in output
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("ml100k-*/manifest.json"))
+
+
+def test_help_and_unknown_command():
+    proc = subprocess.run([*flip_ctr_command(), "help"], capture_output=True, text=True, timeout=60, env=quiet_env())
+    assert proc.returncode == 0 and "pipeline" in proc.stdout and "train" in proc.stdout
+    proc = subprocess.run([*flip_ctr_command(), "nope"], capture_output=True, text=True, timeout=60, env=quiet_env())
+    assert proc.returncode != 0 and "nope" in proc.stderr
+
+
+def test_config_dir_points_at_this_repository():
+    from flip_ctr.cli import config_dir
+
+    assert Path(config_dir()).resolve() == CONF.resolve()
