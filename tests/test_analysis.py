@@ -1,0 +1,44 @@
+import numpy as np
+import torch
+
+from flip_ctr.analysis import alignment_heatmap, embedding_svd
+from flip_ctr.data.preprocess import SplitConfig, build_artifact
+from flip_ctr.data.text import TextPieces
+from flip_ctr.models.alignment import ICLHead
+from flip_ctr.models.id import build_id_model
+from flip_ctr.models.plm import PLMEncoder
+
+
+def test_embedding_svd_spectrum_detects_a_collapsed_space():
+    torch.manual_seed(0)
+    spread = torch.randn(200, 16)
+    collapsed = torch.randn(200, 1) @ torch.randn(1, 16) + 1e-3 * torch.randn(200, 16)
+    coords, spread_spectrum = embedding_svd(spread)
+    _, collapsed_spectrum = embedding_svd(collapsed)
+    assert coords.shape == (200, 2)
+    assert np.isclose(spread_spectrum.sum(), 1.0)
+    assert collapsed_spectrum[0] > 0.9 > spread_spectrum[0]
+
+
+def test_alignment_heatmap_masks_one_field_per_row(loaded_table, minilm_tokenizer):
+    torch.manual_seed(0)
+    parts = build_artifact(loaded_table, SplitConfig())
+    space = parts["space"]
+    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
+    local = torch.from_numpy(parts["value_ids"][:2].astype("int64"))
+    text = pieces.assemble(local)
+    batch = {
+        "feature_ids": local + torch.tensor(space.field_offsets[:-1]),
+        "input_ids": text.input_ids,
+        "attention_mask": text.attention_mask,
+        "token_field_ids": text.token_field_ids,
+        "value_token_mask": text.value_token_mask,
+    }
+    plm = PLMEncoder.random_like("minilm_l6", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
+    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
+    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8)
+    heatmap = alignment_heatmap(id_model, plm, icl, batch, 1, plm.mask_token_id)
+    assert heatmap.shape == (space.num_fields, space.num_fields)
+    # rows differ (a different text field is masked in each) and so do columns
+    assert np.unique(heatmap.round(6), axis=0).shape[0] == space.num_fields
+    assert np.unique(heatmap.round(6), axis=1).shape[1] == space.num_fields
