@@ -55,7 +55,6 @@ class TextPieces:
         self.cls_id = int(tokenizer.cls_token_id)
         self.sep_id = int(tokenizer.sep_token_id)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-        self.mask_id = int(tokenizer.mask_token_id) if tokenizer.mask_token_id is not None else None
         self.max_length = max_length
         self.num_long_values = 0
         self.fields = [
