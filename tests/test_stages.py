@@ -244,6 +244,22 @@ def test_pretraining_steps_lower_the_loss(dm, batch):
         assert float(last[term]) < first[term], term
 
 
+def test_frozen_plm_gets_no_gradient_but_the_id_side_still_learns(dm, batch):
+    module = pretrain_module(dm, {}, freeze_plm=True)
+    plm_before = {k: v.clone() for k, v in module.plm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    out = module.compute_losses(batch, gen(3))
+    out["loss"].backward()
+    assert all(p.grad is None for p in module.plm.parameters())
+    assert grads(module.id_model) and grads(module.icl) and grads(module.mtm)
+    opt.step()
+    assert all(torch.equal(v, plm_before[k]) for k, v in module.plm.state_dict().items())
+    # a frozen encoder is a fixed target: Lightning's train() at epoch start must not turn on dropout
+    module.train()
+    module.on_train_epoch_start()
+    assert not module.plm.training and module.id_model.training
+
+
 # ----------------------------------------------------------------------------- checkpoint contract
 
 
@@ -429,6 +445,39 @@ def test_joint_loss_alpha_and_its_gradient(dm, batch):
         opt.step()
         assert 0.0 < float(module.alpha) < 1.0
     assert float(module.alpha) != start
+
+
+def test_joint_alpha_has_its_own_learning_rate(dm, batch):
+    module = FinetuneJointModule(tiny_id(dm), tiny_plm(), lr_id=1e-3, lr_plm=1e-4, lr_alpha=0.2)
+    lr_of = {id(p): g["lr"] for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert lr_of[id(module.alpha_logit)] == 0.2
+    assert lr_of[id(next(module.id_model.parameters()))] == 1e-3
+
+
+def test_joint_warm_start_loads_the_finetuned_single_models(dm, batch, tmp_path):
+    """warm_start takes the ID model from a FLIP_ID checkpoint and PLM + head from a FLIP_PLM one."""
+    id_module = FinetuneIDModule(tiny_id(dm, seed=1))
+    plm_module = FinetunePLMModule(tiny_plm(seed=2))
+    for module, name in ((id_module, "id.ckpt"), (plm_module, "plm.ckpt")):
+        torch.save({"state_dict": module.state_dict()}, tmp_path / name)
+    joint = FinetuneJointModule(tiny_id(dm, seed=3), tiny_plm(seed=4)).eval()
+    joint.warm_start(id_checkpoint=tmp_path / "id.ckpt", plm_checkpoint=tmp_path / "plm.ckpt")
+    with torch.no_grad():
+        fused, id_logit, plm_logit = joint.logits(batch)
+        assert torch.allclose(id_logit, id_module.eval()(batch), atol=1e-6)
+        assert torch.allclose(plm_logit, plm_module.eval()(batch), atol=1e-6)
+
+
+def test_joint_warm_start_needs_both_single_strategies_first(tmp_path):
+    from flip_ctr.train import _finetuned_checkpoints
+
+    for name in ("finetune_id", "finetune_plm"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    found = _finetuned_checkpoints(tmp_path, ["finetune_id", "finetune_plm", "finetune_joint"], "finetune_joint")
+    assert found["plm_checkpoint"].endswith("finetune_plm/checkpoints/best.ckpt")
+    with pytest.raises(ValueError, match="finetune_plm to run before finetune_joint"):
+        _finetuned_checkpoints(tmp_path, ["finetune_id", "finetune_joint", "finetune_plm"], "finetune_joint")
 
 
 def test_plm_only_loss_is_bce_on_cls_head(dm, batch):

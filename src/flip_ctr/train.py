@@ -89,13 +89,17 @@ def build_finetune_plm(cfg, stage, datamodule, stage_dir):
 def build_finetune_joint(cfg, stage, datamodule, stage_dir):
     from flip_ctr.stages.finetune import FinetuneJointModule
 
-    return FinetuneJointModule(
+    module = FinetuneJointModule(
         _load_id_model(cfg, stage, datamodule),
         _load_plm(cfg, stage),
         lr_id=stage.lr_id,
         lr_plm=stage.lr_plm,
+        lr_alpha=stage.get("lr_alpha"),
         weight_decay=stage.weight_decay,
     )
+    if stage.get("warm_start_checkpoints"):
+        module.warm_start(**stage.warm_start_checkpoints)
+    return module
 
 
 def build_pretrain(cfg, stage, datamodule, stage_dir):
@@ -118,6 +122,7 @@ def build_pretrain(cfg, stage, datamodule, stage_dir):
         seed=cfg.seed,
         save_dir=str(Path(stage_dir) / "aligned"),
         id_model_spec=_id_model_spec(cfg, datamodule),
+        freeze_plm=stage.get("freeze_plm", False),
     )
 
 
@@ -151,7 +156,11 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     is_pretrain = stage.name == "pretrain"
     from flip_ctr.callbacks import SpeedMonitor
 
-    callbacks = [] if is_pretrain else instantiate_group(cfg.get("callbacks"), stage_dir, "dirpath")
+    callbacks = instantiate_group(cfg.get("callbacks"), stage_dir, "dirpath")
+    if is_pretrain:  # no validation and no checkpoints here, but the other callbacks (NaN guard) apply
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        callbacks = [c for c in callbacks if not isinstance(c, (EarlyStopping, ModelCheckpoint))]
     callbacks.append(SpeedMonitor())
     loggers = instantiate_group(cfg.get("logger"), stage_dir, "save_dir")
     # Epochs and batch limits are per stage; an explicit trainer.* value on the command line wins.
@@ -166,6 +175,11 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         trainer_overrides["limit_train_batches"] = limit
     if is_pretrain:
         trainer_overrides.update(limit_val_batches=0, enable_checkpointing=False)
+    elif not stage.get("validate", True):
+        # One short epoch (CPU scale) leaves nothing to select: skip the validation pass, which
+        # through a PLM costs minutes, and keep the final weights.
+        callbacks = _without_model_selection(callbacks)
+        trainer_overrides["limit_val_batches"] = 0
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
     (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for lg in loggers:
@@ -186,7 +200,7 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         stage=stage.name,
         ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
         seed=cfg.seed,
-        best_val_auc=float(trainer.checkpoint_callback.best_model_score) if best else None,
+        best_val_auc=_best_score(trainer),
         epochs_trained=trainer.current_epoch,
         fit_seconds=fit_seconds,
     )
@@ -194,6 +208,21 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
+
+
+def _without_model_selection(callbacks: list) -> list:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    kept = [c for c in callbacks if not isinstance(c, EarlyStopping)]
+    for c in kept:
+        if isinstance(c, ModelCheckpoint):
+            c.monitor = None  # save_top_k=1 with no monitor: the latest weights are "best"
+    return kept
+
+
+def _best_score(trainer) -> float | None:
+    score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    return float(score) if score is not None else None
 
 
 def run(cfg: DictConfig) -> dict:
@@ -229,6 +258,9 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
         if "pretrained_dir" in stage:
             with open_dict(stage):
                 stage.pretrained_dir = aligned
+        if stage.get("warm_start"):
+            with open_dict(stage):
+                stage.warm_start_checkpoints = _finetuned_checkpoints(out, cfg.strategies, strategy)
         metrics = run_stage(cfg, stage, out / strategy)
         metrics["strategy"] = strategy
         results.append(metrics)
@@ -237,6 +269,20 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
     (out / "summary.md").write_text(table + "\n")
     print(table)
     return results
+
+
+def _finetuned_checkpoints(out: Path, strategies, strategy: str) -> dict:
+    """Best checkpoints of this pipeline's FLIP_ID and FLIP_PLM runs (for a warm-started FLIP)."""
+    found = {}
+    for source, key in (("finetune_id", "id_checkpoint"), ("finetune_plm", "plm_checkpoint")):
+        path = out / source / "checkpoints" / "best.ckpt"
+        if source not in strategies or list(strategies).index(source) > list(strategies).index(strategy) or not path.is_file():
+            raise ValueError(
+                f"stages.{strategy}.warm_start=true needs {source} to run before {strategy} in this pipeline "
+                f"(strategies={list(strategies)}); no checkpoint at {path}"
+            )
+        found[key] = str(path)
+    return found
 
 
 def format_table(results: list[dict]) -> str:

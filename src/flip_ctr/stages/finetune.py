@@ -10,6 +10,8 @@ Separate learning rates for the PLM and the ID side (a PLM wants ~1e-5..5e-5, an
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -50,6 +52,7 @@ class FinetuneJointModule(CTRStage):
         lr_plm: float = 5e-5,
         weight_decay: float = 0.0,
         alpha_init: float = 0.5,
+        lr_alpha: float | None = None,
     ) -> None:
         super().__init__()
         self.id_model = id_model
@@ -57,7 +60,23 @@ class FinetuneJointModule(CTRStage):
         self.plm_head = nn.Linear(plm.hidden_size, 1)
         self.alpha_logit = nn.Parameter(torch.logit(torch.tensor(float(alpha_init))))
         self.lr_id, self.lr_plm, self.weight_decay = lr_id, lr_plm, weight_decay
+        # α is one scalar gate: with Adam it moves ~lr per step, so a short run at the ID lr
+        # leaves it stuck near its initial value. It gets its own lr (None → lr_id).
+        self.lr_alpha = lr_alpha
         self.save_hyperparameters(ignore=["id_model", "plm"])
+
+    def warm_start(self, id_checkpoint: str | Path, plm_checkpoint: str | Path) -> None:
+        """Start from the finetuned FLIP_ID and FLIP_PLM checkpoints instead of the aligned ones.
+
+        A reduced-compute option (CPU scale): a full joint epoch through the PLM costs as much as
+        FLIP_PLM itself, so the joint stage starts where the single-model finetunes ended and only
+        learns α and the fused objective. Paper scale starts from the aligned checkpoints.
+        """
+        id_state = torch.load(id_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        plm_state = torch.load(plm_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        self.id_model.load_state_dict({k.removeprefix("model."): v for k, v in id_state.items() if k.startswith("model.")})
+        self.plm.load_state_dict({k.removeprefix("plm."): v for k, v in plm_state.items() if k.startswith("plm.")})
+        self.plm_head.load_state_dict({k.removeprefix("plm_head."): v for k, v in plm_state.items() if k.startswith("plm_head.")})
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -80,10 +99,15 @@ class FinetuneJointModule(CTRStage):
         self.log_dict({"train/loss": loss, "train/alpha": self.alpha.detach()}, prog_bar=True)
         return loss
 
+    def write_test_outputs(self, metrics: dict, *args) -> None:
+        # α says how much the fused prediction leans on each model: worth having beside the AUC.
+        super().write_test_outputs({**metrics, "alpha": float(self.alpha)}, *args)
+
     def configure_optimizers(self):
         plm_params = list(self.plm.parameters()) + list(self.plm_head.parameters())
-        id_params = list(self.id_model.parameters()) + [self.alpha_logit]
-        return torch.optim.Adam(
-            [{"params": id_params, "lr": self.lr_id}, {"params": plm_params, "lr": self.lr_plm}],
-            weight_decay=self.weight_decay,
-        )
+        groups = [
+            {"params": list(self.id_model.parameters()), "lr": self.lr_id, "weight_decay": self.weight_decay},
+            {"params": plm_params, "lr": self.lr_plm, "weight_decay": self.weight_decay},
+            {"params": [self.alpha_logit], "lr": self.lr_alpha if self.lr_alpha is not None else self.lr_id, "weight_decay": 0.0},
+        ]
+        return torch.optim.Adam(groups)
