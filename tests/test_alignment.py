@@ -60,6 +60,24 @@ def test_plm_from_config_shapes():
     assert all(p.grad is not None for p in enc.parameters()), "every PLM parameter must get a gradient"
 
 
+def test_plm_sentence_embedding_pooling_and_its_round_trip(tmp_path):
+    torch.manual_seed(0)
+    enc = PLMEncoder.from_config(tiny_config(), mask_token_id=MASK_TOKEN)
+    ids = torch.randint(5, VOCAB, (2, 6))
+    att = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    states = enc(ids, att)
+    assert enc.pooling == "cls" and torch.equal(enc.sentence_embedding(states, att), states[:, 0])
+    enc.pooling = "mean"
+    pooled = enc.sentence_embedding(states, att)
+    assert torch.allclose(pooled[0], states[0].mean(0), atol=1e-6)
+    assert torch.allclose(pooled[1], states[1, :3].mean(0), atol=1e-6)  # padding excluded
+    enc.model.save_pretrained(tmp_path)  # the choice travels with an aligned checkpoint
+    assert PLMEncoder.from_pretrained(tmp_path, mask_token_id=MASK_TOKEN).pooling == "mean"
+    assert PLMEncoder.from_pretrained(tmp_path, mask_token_id=MASK_TOKEN, pooling="cls").pooling == "cls"
+    with pytest.raises(ValueError, match="pooling"):
+        enc.pooling = "max"
+
+
 def test_plm_keep_layers_truncates():
     torch.manual_seed(0)
     full = PLMEncoder.from_config(tiny_config(layers=3))

@@ -44,7 +44,7 @@ def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: 
     input_ids = masking.mask_text(batch["input_ids"][row : row + 1].expand(num_fields, -1), text_mask, mask_token_id)
     attention = batch["attention_mask"][row : row + 1].expand(num_fields, -1)
     features = masking.mask_tabular(batch["feature_ids"][row : row + 1].expand(num_fields, -1), eye, id_model.mask_feature_id)
-    z_text, z_tab = icl.project(plm(input_ids, attention)[:, 0], id_model(features)[0])
+    z_text, z_tab = icl.project(plm.sentence_embedding(plm(input_ids, attention), attention), id_model(features)[0])
     return (z_text @ z_tab.T).numpy()
 
 

@@ -40,9 +40,12 @@ def build_plm(plm_cfg: DictConfig) -> torch.nn.Module:
     from flip_ctr.models.plm import PLMEncoder
 
     if plm_cfg.get("random_init"):
-        return PLMEncoder.random_like(plm_cfg.name_or_path, **plm_cfg.random_init)
+        return PLMEncoder.random_like(plm_cfg.name_or_path, pooling=plm_cfg.get("pooling"), **plm_cfg.random_init)
     return PLMEncoder.from_pretrained(
-        plm_cfg.name_or_path, keep_layers=plm_cfg.get("keep_layers"), gradient_checkpointing=plm_cfg.get("gradient_checkpointing", False)
+        plm_cfg.name_or_path,
+        keep_layers=plm_cfg.get("keep_layers"),
+        gradient_checkpointing=plm_cfg.get("gradient_checkpointing", False),
+        pooling=plm_cfg.get("pooling"),
     )
 
 

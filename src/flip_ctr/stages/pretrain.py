@@ -157,7 +157,7 @@ class AlignmentPretrainModule(L.LightningModule):
                 v_masked, w, batch["attention_mask"], masks["tab_fields"], batch["feature_ids"], generator=generator
             )
         if self.cfg.use_icl:
-            out["icl"] = self.icl(w[:, 0], v)
+            out["icl"] = self.icl(self.plm.sentence_embedding(w, batch["attention_mask"]), v)
         # Eq. 14: per-sample reconstruction terms are already batch means; ICL is added once.
         out["loss"] = sum(out[k] for k in ("mlm", "mtm", "icl") if k in out)
         return out
