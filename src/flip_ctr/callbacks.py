@@ -49,3 +49,31 @@ class SpeedMonitor(L.Callback):
         }
         Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
         (Path(trainer.default_root_dir) / "speed.json").write_text(json.dumps(stats, indent=2))
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the message says where and which checkpoint is the last good one."""
+
+
+class FiniteLossGuard(L.Callback):
+    """Stops the run at the first NaN/inf training loss, with a clear error.
+
+    Checked before backward, so the bad loss never reaches the weights, and raising ends fit
+    before any later checkpoint is written: the newest checkpoint on disk (``last.ckpt``, also
+    written every N steps by ``callbacks.step_checkpoint``) is the last good state to resume from.
+    Costs one device→host sync per step (the loss is read to check it)."""
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        # every rank must agree, or the healthy ranks would hang in the next collective
+        if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+            return
+        saved = [Path(c.last_model_path or c.best_model_path) for c in trainer.checkpoint_callbacks]
+        saved = [p for p in saved if p.is_file()]
+        last = max(saved, key=lambda p: p.stat().st_mtime) if saved else None
+        raise NonFiniteLossError(
+            f"non-finite training loss {loss.detach().float().cpu().tolist()} in stage {type(pl_module).__name__} "
+            f"(run dir {trainer.default_root_dir}) at epoch {trainer.current_epoch}, global step {trainer.global_step}: "
+            f"training stopped; last good checkpoint: {last or 'none written yet'}"
+            + (f" (resume with ckpt_path={last})" if last else "")
+        )

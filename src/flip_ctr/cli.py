@@ -6,20 +6,32 @@ Commands:
             ID model, with a results table; config conf/pipeline.yaml
   analyze   a pipeline run → embedding SVD and field-alignment heatmap (paper Fig. 2/8/9)
   report    run directories → Markdown/CSV results table (mean ± std over seeds, paired t-test)
+  export    RUN_DIR --out MODEL_DIR: an ID-model stage (ctr, finetune_id) → TorchScript + vocabularies
+  predict   MODEL_OR_RUN_DIR --input rows.parquet --output preds.parquet: raw rows → probabilities
   help      this text
 
 Hydra's own flags work after the command: `flip-ctr train -m id_model=dcnv2,deepfm seed=1,2,3`,
 `flip-ctr train --cfg job`, `flip-ctr train --help`.
+
+A failed train/pipeline job writes its traceback to <run dir>/error.txt; in a multirun it is also
+listed in <sweep dir>/failures.tsv, the sweep goes on, and the command exits 1 at the end.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+# Sweep dirs (this process) in which a job failed: the command exits 1 once the sweep is over.
+_FAILED_SWEEPS: set[Path] = set()
 
 
 def config_dir() -> str:
@@ -40,22 +52,67 @@ def _train(cfg: DictConfig) -> float | None:
     metrics = run(cfg)
     if "auc" in metrics:
         print(format_table([metrics]))
-    # Returned value is what Hydra sweepers (e.g. Optuna) optimise.
-    return metrics.get("auc")
+    # Returned value is what Hydra sweepers (e.g. Optuna) optimise: the validation AUC of the
+    # selected epoch, never the test AUC (model selection must not see the test set).
+    return _objective(metrics)
 
 
 def _pipeline(cfg: DictConfig) -> float | None:
     from flip_ctr.train import run_pipeline
 
     results = run_pipeline(cfg)
-    return results[-1].get("auc") if results else None
+    return _objective(results[-1]) if results else None
 
 
-COMMANDS = {"train": ("train", _train), "pipeline": ("pipeline", _pipeline)}
+def _objective(metrics: dict) -> float | None:
+    """Validation AUC of a stage's selected checkpoint (test AUC only where no validation ran)."""
+    value = metrics.get("best_val_auc")
+    return value if value is not None else metrics.get("auc")
+
+
+def _record_failure(fn):
+    """A failing job leaves <run dir>/error.txt (the traceback). In a multirun it also appends a
+    line to <sweep dir>/failures.tsv and returns NaN instead of raising, so the other jobs run
+    (and an optimising sweeper such as Optuna marks the trial failed rather than stopping)."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: DictConfig):
+        try:
+            return fn(cfg)
+        except Exception as err:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            hc = HydraConfig.get()
+            run_dir = Path(hc.runtime.output_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            if hc.mode != RunMode.MULTIRUN:
+                raise
+            log.exception("job %s failed (traceback in %s)", hc.job.num, run_dir / "error.txt")
+            sweep_dir = Path(hc.sweep.dir)
+            reason = f"{type(err).__name__}: {err}".replace("\t", " ").replace("\n", " ")[:500]
+            # one short O_APPEND write per line: safe with jobs of a parallel launcher appending too
+            with open(sweep_dir / "failures.tsv", "a") as fh:
+                fh.write(f"{hc.job.num}\t{run_dir}\t{' '.join(hc.overrides.task)}\t{reason}\n")
+            _FAILED_SWEEPS.add(sweep_dir)
+            return float("nan")
+
+    return wrapper
+
+
+COMMANDS = {"train": ("train", _record_failure(_train)), "pipeline": ("pipeline", _record_failure(_pipeline))}
+
+
+# Lightning's DDP launcher starts ranks > 0 by re-running sys.argv, which by then holds only the
+# Hydra overrides: the command travels to them in the environment.
+_COMMAND_ENV = "FLIP_CTR_COMMAND"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and "=" in argv[0] and os.environ.get(_COMMAND_ENV) in COMMANDS:
+        argv = [os.environ[_COMMAND_ENV], *argv]
     if not argv or argv[0] in ("help", "-h", "--help"):
         print(__doc__)
         return
@@ -65,11 +122,21 @@ def main(argv: list[str] | None = None) -> None:
 
         import_module(f"flip_ctr.{'report' if command == 'report' else 'analysis'}").main(rest)
         return
+    if command in ("export", "predict"):
+        from flip_ctr.serving import main as serve  # no Lightning, no transformers
+
+        serve([command, *rest])
+        return
     if command not in COMMANDS:
-        raise SystemExit(f"flip-ctr: unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+        known = [*COMMANDS, "analyze", "report", "export", "predict", "help"]
+        raise SystemExit(f"flip-ctr: unknown command {command!r}; commands: {', '.join(known)}")
     config_name, fn = COMMANDS[command]
-    sys.argv = [f"flip-ctr {command}", *rest]
+    os.environ[_COMMAND_ENV] = command
+    sys.argv = [sys.argv[0], *rest]  # Hydra parses sys.argv[1:]; argv[0] stays re-runnable for DDP
     hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(fn)()
+    if _FAILED_SWEEPS:
+        listed = ", ".join(str(d / "failures.tsv") for d in sorted(_FAILED_SWEEPS))
+        raise SystemExit(f"flip-ctr {command}: some sweep jobs failed; see {listed}")
 
 
 if __name__ == "__main__":
