@@ -191,10 +191,14 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
+    # DDP: rank 0 writes the stage's artifacts (aligned/, checkpoints) in on_fit_end; no rank may
+    # go on to read them (next stage) before that is done.
+    trainer.strategy.barrier("flip_ctr_fitted")
     if is_pretrain or not cfg.get("test", True):
         return {"stage": stage.name, "fit_seconds": fit_seconds}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+    trainer.strategy.barrier("flip_ctr_tested")  # DDP: rank 0 has written metrics.json
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     metrics.update(
         dataset=cfg.data.dataset,
@@ -207,7 +211,8 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         epochs_trained=trainer.current_epoch,
         fit_seconds=fit_seconds,
     )
-    (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if trainer.is_global_zero:
+        (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
@@ -267,10 +272,13 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
         metrics = run_stage(cfg, stage, out / strategy)
         metrics["strategy"] = strategy
         results.append(metrics)
-    (out / "summary.json").write_text(json.dumps(results, indent=2))
     table = format_table(results)
-    (out / "summary.md").write_text(table + "\n")
-    print(table)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # DDP: every rank ran the pipeline; one writes its summary
+        (out / "summary.json").write_text(json.dumps(results, indent=2))
+        (out / "summary.md").write_text(table + "\n")
+        print(table)
     return results
 
 

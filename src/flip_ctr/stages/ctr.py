@@ -32,6 +32,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _unique_rows(rows: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Keeps the first occurrence of every row id (sorted by row id)."""
+    unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
+    first = torch.full((unique.numel(),), rows.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(rows.numel()), reduce="amin")
+    return (unique, *(v[first] for v in values))
+
+
+def exact_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """AUC (exact) and Logloss of click probabilities ``probs`` against 0/1 ``labels``."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    probs = probs.double()
+    auc = binary_auroc(probs, labels.long())
+    logloss = F.binary_cross_entropy(probs.clamp(1e-15, 1 - 1e-15), labels.double())
+    return {"auc": float(auc), "logloss": float(logloss)}
+
+
 class CTRStage(L.LightningModule):
     """Base class: exact AUC/Logloss on val and test, predictions and metrics written on test."""
 
@@ -83,6 +101,10 @@ class CTRStage(L.LightningModule):
         self._test_rows, self._test_probs, self._test_labels = [], [], []
         if self.trainer.world_size > 1:
             rows, probs, labels = (self.all_gather(t).reshape(-1).cpu() for t in (rows, probs, labels))
+            # DistributedSampler pads the test set to a multiple of the world size by repeating
+            # rows: keep each row once and recompute the metrics over exactly the test set.
+            rows, probs, labels = _unique_rows(rows, probs, labels)
+            metrics = {**metrics, **exact_metrics(probs, labels)}
         if self.trainer.is_global_zero:
             self.write_test_outputs(metrics, rows, probs, labels)
 

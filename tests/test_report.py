@@ -1,0 +1,239 @@
+"""`flip-ctr report`: run directories → paper-shaped tables (II, III, V, VII), sweep plots.
+
+Synthetic run directories in the layouts `flip-ctr` writes (pipeline: <run>/<strategy>/
+{metrics.json,config.yaml}; train multirun: <sweep>/<n>_.../{metrics.json,config.yaml}) with
+chosen metrics, so every mean, std, relative improvement and p-value can be checked against an
+independent computation (statistics / scipy.stats.ttest_rel).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from flip_ctr import report
+
+STAGE_NAMES = {"scratch": "ctr", "finetune_id": "finetune_id", "finetune_plm": "finetune_plm",
+               "finetune_joint": "finetune_joint"}
+
+
+def write_pipeline_stage(root: Path, run: str, strategy: str, *, seed: int, auc: float, logloss: float = 0.4,
+                         dataset: str = "ml1m", id_model: str = "dcnv2", plm: str = "tinybert",
+                         ablation: str = "full",
+                         text: float = 0.15, tab: float = 0.15, tau: float = 0.7, lr: float = 1e-3) -> Path:
+    stage_dir = root / run / strategy
+    stage_dir.mkdir(parents=True)
+    stage = STAGE_NAMES[strategy]
+    (stage_dir / "metrics.json").write_text(json.dumps({
+        "auc": auc, "logloss": logloss, "num_test_rows": 100, "dataset": dataset, "id_model": id_model, "plm": plm,
+        "stage": stage, "ablation": ablation, "seed": seed, "fit_seconds": 1.0}))
+    lr_key = "lr_plm" if strategy == "finetune_plm" else "lr_id" if strategy == "finetune_joint" else "lr"
+    cfg = {"seed": seed, "ablation": {"name": ablation, "text_mask_ratio": text, "tab_mask_ratio": tab, "temperature": tau},
+           "stages": {s: {"name": n, ("lr_plm" if s == "finetune_plm" else "lr_id" if s == "finetune_joint" else "lr"): 9.0}
+                      for s, n in STAGE_NAMES.items()}}
+    cfg["stages"][strategy][lr_key] = lr
+    (stage_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return stage_dir
+
+
+def write_train_job(root: Path, num: int, *, seed: int, auc: float, logloss: float = 0.4, dataset: str = "ml1m",
+                    id_model: str = "dcnv2", stage: str = "ctr", lr: float = 1e-3, val_auc: float | None = None) -> Path:
+    job = root / f"{num}_{dataset}_{id_model}_full_s{seed}"
+    job.mkdir(parents=True)
+    (job / "metrics.json").write_text(json.dumps({"auc": auc, "logloss": logloss, "dataset": dataset, "id_model": id_model,
+                                                  "plm": "minilm_l6", "stage": stage, "ablation": "full", "seed": seed,
+                                                  "best_val_auc": val_auc}))
+    (job / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "stage": {"name": stage, "lr": lr},
+                                                     "ablation": {"name": "full", "text_mask_ratio": 0.15}}))
+    return job
+
+
+def rows_of(markdown: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in markdown.splitlines()[2:]]
+
+
+def ttest_p(a, b) -> float:
+    from scipy import stats
+
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+SCRATCH = [0.800, 0.802, 0.801]
+FLIP_ID = [0.806, 0.809, 0.806]
+
+
+@pytest.fixture
+def pipelines(tmp_path) -> Path:
+    """Three seeds of a pipeline (scratch, FLIP_ID) with two PLMs: the scratch stage repeats."""
+    for plm in ("tinybert", "roberta_base"):
+        for seed, (s, f) in enumerate(zip(SCRATCH, FLIP_ID), start=1):
+            run = f"{plm}_s{seed}"
+            write_pipeline_stage(tmp_path, run, "scratch", seed=seed, auc=s, plm=plm)
+            flip = f + (0.001 if plm == "roberta_base" else 0)
+            write_pipeline_stage(tmp_path, run, "finetune_id", seed=seed, auc=flip, plm=plm)
+    return tmp_path
+
+
+def test_default_summary_table_and_identical_scratch_runs_count_once(pipelines, capsys):
+    report.main([str(pipelines)])
+    out = capsys.readouterr().out
+    rows = {r[1]: r for r in rows_of(out)}
+    # scratch appears in both PLM pipelines with identical results: 3 seeds, not 6
+    assert rows["dcnv2"][3] == "3"
+    assert rows["dcnv2"][4] == f"{statistics.mean(SCRATCH):.4f} ± {statistics.stdev(SCRATCH):.4f}"
+    both = FLIP_ID + [a + 0.001 for a in FLIP_ID]  # FLIP_ID differs between the PLMs: 6 runs
+    assert rows["FLIP_ID"][3] == "6" and rows["FLIP_ID"][4].startswith(f"{statistics.mean(both):.4f} ±")
+
+
+def test_baseline_by_strategy_label_relative_improvement_and_paired_test(pipelines):
+    frame = report.collect([pipelines]).filter((pl.col("plm") == "tinybert") | (pl.col("strategy") == "scratch"))
+    for label in ("ID model from scratch", "scratch", "dcnv2"):
+        summary = report.summarize(frame, label).filter(pl.col("model") == "FLIP_ID").row(0, named=True)
+        impr = 100 * (statistics.mean(FLIP_ID) - statistics.mean(SCRATCH)) / statistics.mean(SCRATCH)
+        assert summary["auc_rel_impr_pct"] == pytest.approx(impr)
+        assert summary["p_paired_t"] == pytest.approx(ttest_p(FLIP_ID, SCRATCH))
+
+
+def test_overall_table_has_a_column_group_per_dataset(tmp_path):
+    for seed, (s, f) in enumerate(zip(SCRATCH, FLIP_ID), start=1):
+        for dataset, shift in (("ml1m", 0.0), ("bookcrossing", -0.05)):
+            write_pipeline_stage(tmp_path, f"{dataset}_s{seed}", "scratch", seed=seed, auc=s + shift, dataset=dataset)
+            write_pipeline_stage(tmp_path, f"{dataset}_s{seed}", "finetune_id", seed=seed, auc=f + shift, dataset=dataset)
+    frame = report.collect([tmp_path])
+    long, markdown = report.build_table(frame, "overall", baseline="dcnv2", alpha=0.05)
+    header = markdown.splitlines()[0]
+    assert "ml1m AUC" in header and "bookcrossing Rel.Impr" in header
+    rows = {r[0]: r for r in rows_of(markdown)}
+    assert list(rows) == ["dcnv2", "FLIP_ID"]  # ID models first, then the FLIP variants
+    p = ttest_p(FLIP_ID, SCRATCH)
+    assert p < 0.05
+    flip = long.filter((pl.col("model") == "FLIP_ID") & (pl.col("dataset") == "bookcrossing")).row(0, named=True)
+    base_mean = statistics.mean(SCRATCH) - 0.05
+    assert flip["auc_rel_impr_pct"] == pytest.approx(100 * (statistics.mean(FLIP_ID) - 0.05 - base_mean) / base_mean)
+    assert flip["p_paired_t"] == pytest.approx(p, rel=1e-6) and flip["significant"]
+    assert rows["FLIP_ID"][1].endswith("*") and not rows["dcnv2"][1].endswith("*")
+    # at the paper's level (p < 0.001) three seeds are not enough
+    _, strict = report.build_table(frame, "overall", baseline="dcnv2", alpha=0.001)
+    assert not any(r[1].endswith("*") for r in rows_of(strict))
+
+
+def test_backbones_table_compares_each_strategy_with_its_own_backbone(tmp_path):
+    aucs = {("deepfm", "scratch"): 0.70, ("deepfm", "finetune_id"): 0.72, ("dcnv2", "scratch"): 0.80,
+            ("dcnv2", "finetune_id"): 0.81, ("dcnv2", "finetune_joint"): 0.83}
+    for (model, strategy), auc in aucs.items():
+        for seed in (1, 2):
+            write_pipeline_stage(tmp_path, f"{model}_s{seed}", strategy, seed=seed, auc=auc + 0.001 * seed, id_model=model)
+    _, markdown = report.build_table(report.collect([tmp_path]), "backbones")
+    rows = [(r[1], r[2], r[5]) for r in rows_of(markdown)]
+    assert rows == [
+        ("dcnv2", "N/A", "-"),
+        ("dcnv2", "FLIP_ID", f"{100 * (0.81 - 0.80) / 0.8015:+.2f}%"),
+        ("dcnv2", "FLIP", f"{100 * (0.83 - 0.80) / 0.8015:+.2f}%"),
+        ("deepfm", "N/A", "-"),
+        ("deepfm", "FLIP_ID", f"{100 * (0.72 - 0.70) / 0.7015:+.2f}%"),
+    ]
+
+
+def test_plms_table_puts_the_scratch_baseline_first(pipelines):
+    _, markdown = report.build_table(report.collect([pipelines]), "plms")
+    rows = rows_of(markdown)
+    assert [(r[1], r[2]) for r in rows] == [("dcnv2", "(from scratch)"), ("roberta_base", "FLIP_ID"), ("tinybert", "FLIP_ID")]
+    assert rows[0][-1] == "3"  # deduplicated scratch runs
+    expected = 100 * (statistics.mean(FLIP_ID) + 0.001 - statistics.mean(SCRATCH)) / statistics.mean(SCRATCH)
+    assert rows[1][5] == f"{expected:+.2f}%"
+
+
+def test_ablations_table_in_the_papers_order_against_the_full_model(tmp_path):
+    variants = {"no_icl": 0.795, "full": 0.81, "no_pretrain": 0.79, "no_mlm": 0.80}
+    for ablation, auc in variants.items():
+        for seed in (1, 2, 3):
+            run = f"{ablation}_s{seed}"
+            write_pipeline_stage(tmp_path, run, "finetune_id", seed=seed, auc=auc + 0.0005 * seed**2, ablation=ablation)
+            write_pipeline_stage(tmp_path, f"{ablation}_s{seed}", "scratch", seed=seed, auc=0.78 + 0.001 * seed)
+    _, markdown = report.build_table(report.collect([tmp_path]), "ablations")
+    rows = rows_of(markdown)
+    assert [r[1] for r in rows] == ["FLIP (all objectives)", "w/o MLM", "w/o ICL", "w/o MLM&MTM&ICL"]
+    assert all(r[0] == "FLIP_ID" for r in rows)
+    assert rows[0][4] == "-" and rows[1][4] == f"{100 * (0.80 - 0.81) / (0.81 + 0.0005 * 14 / 3):+.2f}%"
+
+
+@pytest.fixture
+def sweeps(tmp_path) -> Path:
+    """A 3 x 3 r_text x r_tab grid and a τ sweep (2 seeds each), as pipeline multiruns; their common
+    point (0.15, 0.15, τ 0.7) is the same run twice."""
+    curve = {0.15: 0.810, 0.3: 0.805, 0.6: 0.790}
+    num = 0
+    for text in curve:
+        for tab in curve:
+            for seed in (1, 2):
+                auc = curve[text] + (curve[tab] - 0.81) / 2 + 0.001 * seed
+                write_pipeline_stage(tmp_path / "mask", f"{num}_s{seed}", "finetune_id", seed=seed, auc=auc, text=text, tab=tab)
+                write_pipeline_stage(tmp_path / "mask", f"{num}_s{seed}", "scratch", seed=seed, auc=0.78)
+                num += 1
+    for tau, auc in {0.05: 0.80, 0.1: 0.805, 0.7: 0.81, 1.0: 0.808}.items():
+        for seed in (1, 2):
+            write_pipeline_stage(tmp_path / "tau", f"{num}_s{seed}", "finetune_id", seed=seed, auc=auc + 0.001 * seed, tau=tau)
+            num += 1
+    return tmp_path
+
+
+def test_mask_ratio_and_temperature_studies(sweeps):
+    frame = report.collect([sweeps])
+    text = report.sweep_points(frame, "text_mask_ratio")
+    # r_text varies with r_tab at 0.15 (the grid's tie → the paper default); τ runs (r = 0.15, τ ≠ 0.7) stay out
+    assert text["text_mask_ratio"].to_list() == [0.15, 0.3, 0.6]
+    assert text["seeds"].to_list() == [2, 2, 2]
+    assert text["auc_mean"].to_list() == pytest.approx([0.8115, 0.8065, 0.7915])
+    tab = report.sweep_points(frame, "tab_mask_ratio")
+    assert tab["auc_mean"].to_list() == pytest.approx([0.8115, 0.8090, 0.8015])
+    tau = report.sweep_points(frame, "temperature")
+    assert tau["temperature"].to_list() == [0.05, 0.1, 0.7, 1.0]
+    assert tau["auc_mean"].to_list() == pytest.approx([0.8015, 0.8065, 0.8115, 0.8095])
+    assert tau["seeds"].to_list() == [2, 2, 2, 2]
+    long, markdown = report.build_table(frame, "temperature")
+    at = {r["value"]: r for r in long.iter_rows(named=True)}
+    assert at[0.7]["auc_rel_impr_pct"] is None  # the paper default is the reference
+    assert at[0.05]["auc_rel_impr_pct"] == pytest.approx(100 * (0.8015 - 0.8115) / 0.8115)
+    assert report.sweep_points(frame, "lr").is_empty()  # nothing swept there
+
+
+def test_report_cli_writes_tables_csvs_and_plots(sweeps, tmp_path, capsys):
+    for num, lr in enumerate([1e-4, 1e-3, 1e-2]):
+        for seed in (1, 2):
+            # test AUC peaks at 1e-3, validation AUC at 1e-2
+            write_train_job(sweeps / "lr", 2 * num + seed, seed=seed, auc=0.80 - abs(num - 1) * 0.01 + 0.001 * seed, lr=lr,
+                            id_model="deepfm", val_auc=0.70 + 0.01 * num)
+    (sweeps / "lr" / "failures.tsv").write_text("7\t/x/7_job\tstage.lr=5e-3\tValueError: boom\n")
+    out = tmp_path / "results" / "study.md"
+    plots = tmp_path / "plots"
+    report.main([str(sweeps), "--table", "summary,mask_ratio,temperature,lr", "--out", str(out), "--plots", str(plots)])
+    captured = capsys.readouterr()
+    text = out.read_text()
+    assert "#### summary" in text and "#### mask_ratio" in text and "#### lr" in text
+    assert "1 failed job" in captured.err and "boom" in captured.err
+    runs = pl.read_csv(out.with_suffix(".csv"))
+    assert runs.height == 9 * 2 + 6 + 6 + 2  # the grid's scratch runs and its τ = 0.7 point count once
+    lr_rows = pl.read_csv(tmp_path / "results" / "study_lr.csv").sort("value")
+    assert lr_rows["auc_mean"].to_list() == pytest.approx([0.7915, 0.8015, 0.7915])
+    assert lr_rows["val_auc_mean"].to_list() == pytest.approx([0.70, 0.71, 0.72])
+    # lr: the value chosen on validation (1e-2) is the reference, not the best on test (1e-3)
+    assert lr_rows["auc_rel_impr_pct"].to_list()[2] is None
+    assert lr_rows["auc_rel_impr_pct"].to_list()[1] == pytest.approx(100 * (0.8015 - 0.7915) / 0.7915)
+    assert "| val AUC |" in text.split("#### lr")[1].splitlines()[2]
+    points = pl.read_csv(plots / "mask_ratio.csv")
+    assert set(points["parameter"]) == {"text_mask_ratio", "tab_mask_ratio"}
+    assert (plots / "lr.csv").is_file() and (plots / "temperature.csv").is_file()
+    pytest.importorskip("matplotlib")
+    for name in ("mask_ratio", "temperature", "lr"):
+        assert (plots / f"{name}.png").stat().st_size > 1000
+
+
+def test_unknown_table_is_refused(tmp_path):
+    write_train_job(tmp_path, 0, seed=1, auc=0.8)
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path), "--table", "nope"])
