@@ -33,8 +33,12 @@ ids: ## the nine ID baselines on ML-1M and ML-100K, 3 seeds → results/id_basel
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/id_baselines.sh outputs/id_baselines num_threads=1 $(ARGS)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/write_id_results.sh outputs/id_baselines
 
-bench: ## preprocessing and ID-model throughput → results/benchmarks/
-	$(PY) benchmarks/bench_id_models.py $(ARGS)
+bench: ## all benchmarks → results/benchmarks.md (+ results/benchmarks/*.json); ~50 min on 2 cores
+	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_plm.py
+	$(PY) benchmarks/bench_id_models.py
+	$(PY) benchmarks/bench_scale.py --text
+	$(PY) benchmarks/write_report.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

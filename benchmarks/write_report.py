@@ -225,7 +225,7 @@ def main(argv=None) -> None:
             c = pr["cpu_one_core"]
             out += [f"The same protocol on this CPU at the measured {c['achieved_gflops']:.0f} GFLOP per CPU-second: about "
                     f"**{c['total_days']:.0f} core-days** ({c['ceiling_total_days']:.0f} at the matmul ceiling) — why `scale=cpu` keeps "
-                    "2 layers, ML-100K, batch 128 and 10% of the batches.", ""]
+                    "its first PLM layer, a frozen PLM during pretraining and a share of an epoch per PLM stage (conf/scale/cpu.yaml).", ""]
         ld = pr["loader"]
         out += [f"Input pipeline vs the projection: at {plm['args']['mfu'][0]:.0%} MFU the H100 would consume "
                 f"{ld['h100_pretrain_samples_per_s_at_first_mfu']:,.0f} pretraining samples/s; our text datamodule assembles "
