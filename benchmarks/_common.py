@@ -232,6 +232,17 @@ def write_results(name: str, res: dict, markdown: str, out_dir: Path | None = No
     return jp, mp
 
 
+def finish_run(res: dict, t_start: float, markdown, args) -> None:
+    """End-of-run bookkeeping every benchmark shares: load at the end, total time, JSON + Markdown."""
+    res["machine"]["loadavg_end"] = loadavg()
+    res["machine"]["busy_processes_end"] = busy_processes()
+    res["total_s"] = time.perf_counter() - t_start
+    text = markdown(res)
+    jp, mp = write_results(args.out_name, res, text, Path(args.out_dir) if args.out_dir else None)
+    print(text)
+    print(f"wrote {jp} and {mp}")
+
+
 def header_lines(title: str, res: dict) -> list[str]:
     m = res["machine"]
     lines = [

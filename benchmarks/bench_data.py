@@ -37,6 +37,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    finish_run,
     busy_processes,
     command_line,
     fmt_table,
@@ -301,13 +302,7 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
-    machine["loadavg_end"] = loadavg()
-    machine["busy_processes_end"] = busy_processes()
-    res["total_s"] = time.perf_counter() - t_start
-    text = markdown(res)
-    jp, mp = write_results(args.out_name, res, text, Path(args.out_dir) if args.out_dir else None)
-    print(text)
-    print(f"wrote {jp} and {mp}")
+    finish_run(res, t_start, markdown, args)
 
 
 PIPELINE_LABELS = {"ours": "ours (TextPieces)", "per-sample": "per-sample tokenization in `__getitem__`",

@@ -52,7 +52,6 @@ import io
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -61,6 +60,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import busy_processes, fmt_table  # noqa: E402
+from _common import machine_info as common_machine_info  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("dcnmix", "dcn_matrix", "dcnmix_field_vocab")
@@ -127,66 +130,18 @@ def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def busy_processes(limit: int = 4) -> list[dict]:
-    """Other processes using CPU right now (the benchmark shares the machine)."""
-    import psutil
-
-    me = os.getpid()
-    procs = [p for p in psutil.process_iter(["pid", "cmdline", "name"]) if p.info["pid"] != me]
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.cpu_percent(None)
-    time.sleep(1.0)
-    rows = []
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            cpu = p.cpu_percent(None)
-            if cpu >= 5:
-                cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])
-                rows.append({"pid": p.info["pid"], "cpu_percent": round(cpu, 1), "cmdline": cmd[:160]})
-    return sorted(rows, key=lambda r: -r["cpu_percent"])[:limit]
-
-
 def machine_info() -> dict:
-    import numpy as np
-    import polars as pl
+    """The shared machine facts plus the versions this comparison depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import sklearn
-    import torch
 
+    info = common_machine_info()
     try:
-        from importlib.metadata import version
-
-        deepctr_version = version("deepctr-torch")
-    except Exception:  # noqa: BLE001
-        deepctr_version = None
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": round(__import__("psutil").virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "polars": pl.__version__,
-        "polars_threads": pl.thread_pool_size(),
-        "numpy": np.__version__,
-        "sklearn": sklearn.__version__,
-        "deepctr_torch": deepctr_version,
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
+        info["deepctr_torch"] = version("deepctr-torch")
+    except PackageNotFoundError:
+        info["deepctr_torch"] = None
+    return {**info, "sklearn": sklearn.__version__}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,12 +547,6 @@ def bench_epoch(args, dm, fit_ids, fit_labels, test_ids, test_labels, log) -> li
 # ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
-def fmt_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def throughput_rows(res: dict) -> tuple[list[str], list[list]]:
     tp = res["throughput"]
     by = {(r["model"], r["batch_size"], r["metric"]): r for r in tp}
@@ -705,7 +654,7 @@ def write_markdown(res: dict, path: Path) -> str:
         "",
         f"- command: `{res['command']}`",
         f"- date: {res['date']} (total {res['total_s'] / 60:.1f} min)",
-        f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs (affinity {m['cpu_affinity']}), {m['memory_gb']} GB RAM; "
+        f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs (affinity {m['cpu_affinity']}), {m.get('memory_gib', m.get('memory_gb'))} GiB RAM; "
         f"{m['platform']}",
         f"- software: python {m['python']}, torch {m['torch']} (threads {m['torch_threads']}, interop "
         f"{m['torch_interop_threads']}), deepctr-torch {m['deepctr_torch']}, polars {m['polars']} "

@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import busy_processes, command_line, fmt_table, header_lines, loadavg, machine_info, now, write_results  # noqa: E402
+from _common import busy_processes, command_line, finish_run, fmt_table, header_lines, loadavg, machine_info, now, write_results  # noqa: E402
 from flops import EncoderShape, encoder_forward, finetune_per_sample, pretrain_per_sample  # noqa: E402
 
 H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA H100 SXM spec sheet, dense (no sparsity)
@@ -315,13 +315,7 @@ def main(argv=None) -> None:
 
     log("[4/5] FLOPs per sample for the configured protocol + [5/5] H100 PROJECTION")
     res["projection"] = projection(res, dm, args)
-    machine["loadavg_end"] = loadavg()
-    machine["busy_processes_end"] = busy_processes()
-    res["total_s"] = time.perf_counter() - t_start
-    text = markdown(res)
-    jp, mp = write_results(args.out_name, res, text, Path(args.out_dir) if args.out_dir else None)
-    print(text)
-    print(f"wrote {jp} and {mp}")
+    finish_run(res, t_start, markdown, args)
 
 
 def projection(res: dict, dm, args) -> dict:

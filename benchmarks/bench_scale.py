@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    finish_run,
     busy_processes,
     command_line,
     fmt_table,
@@ -310,13 +311,7 @@ def main(argv=None) -> None:
     if not args.keep:
         shutil.rmtree(out_large, ignore_errors=True)
 
-    machine["loadavg_end"] = loadavg()
-    machine["busy_processes_end"] = busy_processes()
-    res["total_s"] = time.perf_counter() - t_start
-    text = markdown(res)
-    jp, mp = write_results(args.out_name, res, text, Path(args.out_dir) if args.out_dir else None)
-    print(text)
-    print(f"wrote {jp} and {mp}")
+    finish_run(res, t_start, markdown, args)
 
 
 if __name__ == "__main__":
