@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from flip_ctr.data.preprocess import OOV_TEXT, FeatureSpace
+from flip_ctr.stages.checkpoints import submodule_state
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def load_run(run_dir: str | Path, ckpt: str | None = None) -> tuple[nn.Module, F
     path = find_checkpoint(run_dir, ckpt)
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     model = build_id_model(**spec)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    model.load_state_dict(submodule_state(state, "model"))
     meta = {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "stage": stage.name, "id_model": spec}
     return model, space, meta
 

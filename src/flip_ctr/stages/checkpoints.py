@@ -38,6 +38,12 @@ def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
+def submodule_state(state_dict: dict, prefix: str) -> dict:
+    """The entries of a LightningModule checkpoint that belong to one attribute (``prefix``,
+    e.g. ``model``), keyed as that submodule's own ``state_dict``."""
+    return {k.removeprefix(f"{prefix}."): v for k, v in state_dict.items() if k.startswith(f"{prefix}.")}
+
+
 def save_id_model(path: Path, model: nn.Module, spec: dict) -> None:
     _atomic_torch_save({"spec": dict(spec), "state_dict": _cpu_state(model)}, path)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flip_ctr.stages.checkpoints import submodule_state
 from flip_ctr.stages.ctr import CTRStage
 
 
@@ -74,9 +75,9 @@ class FinetuneJointModule(CTRStage):
         """
         id_state = torch.load(id_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         plm_state = torch.load(plm_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-        self.id_model.load_state_dict({k.removeprefix("model."): v for k, v in id_state.items() if k.startswith("model.")})
-        self.plm.load_state_dict({k.removeprefix("plm."): v for k, v in plm_state.items() if k.startswith("plm.")})
-        self.plm_head.load_state_dict({k.removeprefix("plm_head."): v for k, v in plm_state.items() if k.startswith("plm_head.")})
+        self.id_model.load_state_dict(submodule_state(id_state, "model"))
+        self.plm.load_state_dict(submodule_state(plm_state, "plm"))
+        self.plm_head.load_state_dict(submodule_state(plm_state, "plm_head"))
 
     @property
     def alpha(self) -> torch.Tensor:
