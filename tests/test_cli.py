@@ -184,6 +184,28 @@ def test_pipeline_end_to_end(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert [m["strategy"] for m in summary] == strategies
 
+    # A pipeline killed while testing FLIP, rerun into the same directory with
+    # skip_completed_stages: only FLIP runs again; the finished stages are reused untouched.
+    joint_metrics = run / "finetune_joint" / "metrics.json"
+    joint_metrics.write_text(json.dumps({k: v for k, v in json.loads(joint_metrics.read_text()).items() if k != "stage"}))
+    finished = [run / "pretrain" / "aligned" / "id_model.pt", *[run / s / "metrics.json" for s in strategies[:-1]]]
+    before = {path: path.stat().st_mtime_ns for path in finished}
+    rerun = [*overrides, f"hydra.run.dir={run}", "skip_completed_stages=true"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "flip_ctr.cli", "pipeline", *rerun],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=quiet_env(),
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    assert {path: path.stat().st_mtime_ns for path in finished} == before
+    assert json.loads(joint_metrics.read_text())["stage"] == "finetune_joint"
+    assert [m["strategy"] for m in json.loads((run / "summary.json").read_text())] == strategies
+    # reusing a finished stage computed under another config is refused, naming what differs
+    proc = subprocess.run(
+        [sys.executable, "-m", "flip_ctr.cli", "pipeline", *rerun, "seed=7"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=quiet_env(),
+    )
+    assert proc.returncode != 0 and "seed" in proc.stderr and "skip_completed_stages" in proc.stderr, proc.stderr[-3000:]
+
 
 def test_malformed_ratings_file_is_named(tmp_path):
     data = write_ml100k_fixture(tmp_path / "ml-100k")

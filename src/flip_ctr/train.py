@@ -254,9 +254,11 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.paths.output_dir)
+    skip_completed = bool(cfg.get("skip_completed_stages", False))
     aligned = None
     if cfg.ablation.get("pretrain", True) and any(s != "scratch" for s in cfg.strategies):
-        run_stage(cfg, cfg.stages.pretrain, out / "pretrain")
+        if not (skip_completed and _completed_stage(cfg, "pretrain", out / "pretrain") is not None):
+            run_stage(cfg, cfg.stages.pretrain, out / "pretrain")
         aligned = str(out / "pretrain" / "aligned")
     results = []
     for strategy in cfg.strategies:
@@ -269,7 +271,8 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
         if stage.get("warm_start"):
             with open_dict(stage):
                 stage.warm_start_checkpoints = _finetuned_checkpoints(out, cfg.strategies, strategy)
-        metrics = run_stage(cfg, stage, out / strategy)
+        done = _completed_stage(cfg, strategy, out / strategy) if skip_completed else None
+        metrics = done if done is not None else run_stage(cfg, stage, out / strategy)
         metrics["strategy"] = strategy
         results.append(metrics)
     table = format_table(results)
@@ -280,6 +283,40 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
         (out / "summary.md").write_text(table + "\n")
         print(table)
     return results
+
+
+# What must match for an earlier stage run to stand in for this one (num_threads, paths and the
+# list of strategies may differ: they do not change what the stage computes).
+_STAGE_IDENTITY = ("data", "id_model", "plm", "ablation", "seed")
+
+
+def _completed_stage(cfg: DictConfig, key: str, stage_dir: Path) -> dict | None:
+    """``skip_completed_stages=true``: the result of an earlier, finished run of ``stages.<key>`` in
+    ``stage_dir`` (so a killed pipeline rerun into the same directory picks up where it stopped),
+    or None when it has to run. A finished stage run with a different config is an error, not a
+    silent reuse."""
+    name = cfg.stages[key].name
+    if name == "pretrain":
+        finished = all((stage_dir / "aligned" / f).exists() for f in ("id_model.pt", "plm/config.json", "alignment_heads.pt"))
+        metrics = {"stage": "pretrain"}
+    else:
+        path = stage_dir / "metrics.json"
+        # run_stage adds "stage" as the very last write; a run killed during test lacks it.
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        finished = "stage" in metrics
+    if not finished:
+        return None
+    earlier = OmegaConf.load(stage_dir / "config.yaml")
+    now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    differ = [k for k in (*_STAGE_IDENTITY, f"stages.{key}") if OmegaConf.select(earlier, k) != OmegaConf.select(now, k)]
+    if differ:
+        raise ValueError(
+            f"skip_completed_stages: {stage_dir} holds a finished {name} run with a different "
+            f"config ({', '.join(differ)} differ from {stage_dir / 'config.yaml'}); use a new "
+            "hydra.run.dir or delete that stage directory"
+        )
+    log.info("skip_completed_stages: %s already finished in %s, reusing it", name, stage_dir)
+    return metrics
 
 
 def _finetuned_checkpoints(out: Path, strategies, strategy: str) -> dict:
