@@ -117,3 +117,18 @@ def test_validate_rejects_bad_labels(loaded_table):
     loaded_table.table = loaded_table.table.with_columns(pl.lit(2, dtype=pl.Int8).alias("label"))
     with pytest.raises(DataError, match="label"):
         build_artifact(loaded_table, SplitConfig())
+
+
+def test_large_tables_report_progress_per_field(loaded_table, caplog, monkeypatch):
+    import logging
+
+    import flip_ctr.data.preprocess as preprocess
+
+    caplog.set_level(logging.INFO, logger="flip_ctr.data.preprocess")
+    build_artifact(loaded_table, SplitConfig())
+    assert not [r for r in caplog.records if "indexed field" in r.getMessage()]  # a toy table: quiet
+    monkeypatch.setattr(preprocess, "LONG_WORK_VALUES", loaded_table.table.height)
+    build_artifact(loaded_table, SplitConfig())
+    fields = loaded_table.schema.field_columns
+    lines = [r.getMessage() for r in caplog.records if "indexed field" in r.getMessage()]
+    assert [m.split(":")[0] for m in lines] == [f"indexed field {i}/{len(fields)} {c!r}" for i, c in enumerate(fields, 1)]

@@ -69,3 +69,21 @@ def test_artifact_values_render_through_pieces(minilm_tokenizer, loaded_table):
     sentence = render_sentence(space.schema.field_names, [row[c] for c in space.schema.field_columns])
     length = int(batch.attention_mask[0].sum())
     assert batch.input_ids[0, :length].tolist() == minilm_tokenizer(sentence)["input_ids"]
+
+
+def test_long_tokenization_reports_each_field(minilm_tokenizer, caplog, monkeypatch):
+    import logging
+
+    import flip_ctr.data.text as text_module
+
+    caplog.set_level(logging.INFO, logger="flip_ctr.data.text")
+    _pieces(minilm_tokenizer)  # 9 values: below the threshold, one summary line only
+    quiet = [r.getMessage() for r in caplog.records]
+    assert not any("tokenized field" in m for m in quiet) and any("tokenized 9 distinct values of 3 fields" in m for m in quiet)
+    caplog.clear()
+    monkeypatch.setattr(text_module, "LONG_WORK_VALUES", 9)
+    _pieces(minilm_tokenizer)
+    per_field = [r.getMessage() for r in caplog.records if "tokenized field" in r.getMessage()]
+    assert [m.split(":")[0] for m in per_field] == [
+        "tokenized field 1/3 'occupation'", "tokenized field 2/3 'movie title'", "tokenized field 3/3 'genre'"
+    ]

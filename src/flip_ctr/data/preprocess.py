@@ -38,6 +38,10 @@ from flip_ctr.data.schema import ROW_COLUMN, DatasetSchema, Field, LoadedTable
 
 log = logging.getLogger(__name__)
 
+# Above this many rows (or distinct values, for tokenization), data preparation logs each field
+# as it goes: at Criteo scale a field takes minutes, and silence looks like a hang.
+LONG_WORK_VALUES = 100_000
+
 CACHE_FORMAT_VERSION = 1
 OOV_TEXT = "unknown"
 
@@ -177,7 +181,9 @@ def build_artifact(loaded: LoadedTable, split: SplitConfig) -> dict:
 
     values, num_seen, local_columns, frequencies = [], [], [], []
     is_train = pl.int_range(pl.len()) < num_train
-    for column in schema.field_columns:
+    report = log.info if table.height >= LONG_WORK_VALUES else log.debug
+    start = time.perf_counter()
+    for index, column in enumerate(schema.field_columns):
         counts = (
             table.select(pl.col(column).alias("value"), is_train.alias("train"))
             .group_by("value")
@@ -195,6 +201,10 @@ def build_artifact(loaded: LoadedTable, split: SplitConfig) -> dict:
         num_seen.append(seen.height)
         local_columns.append(local.to_numpy().astype(np.int32))
         frequencies.append(np.concatenate([[0], seen["train_count"].to_numpy().astype(np.int64)]))
+        report(
+            "indexed field %d/%d %r: %d values (%d seen in training) (%.1fs)",
+            index + 1, len(schema.field_columns), column, dictionary.height, seen.height, time.perf_counter() - start,
+        )
     return {
         "space": FeatureSpace(schema=schema, values=values, num_seen=num_seen),
         "value_ids": np.stack(local_columns, axis=1),
@@ -316,7 +326,9 @@ def load_or_build(
         except StaleCacheError as err:
             log.warning("rebuilding cache: %s", err)
     start = time.perf_counter()
+    log.info("preprocessing %s from %s (cached afterwards in %s)", dataset, ", ".join(map(str, source_files)), path)
     loaded = loader(**loader_kwargs)
+    log.info("read %d rows of %s (%.1fs); building the feature index", loaded.table.height, dataset, time.perf_counter() - start)
     parts = build_artifact(loaded, split)
     write_artifact(parts, path)
     log.info(

@@ -12,10 +12,13 @@ Sequence layout: [CLS] s_1 s_2 ... s_F [SEP], s_f = tokens("<name_f> is") + toke
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from flip_ctr.data.preprocess import LONG_WORK_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,15 @@ class TextPieces:
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.max_length = max_length
         self.num_long_values = 0
-        self.fields = [
-            self._tokenize_field(f, name, vals, tokenizer, max_value_tokens) for f, (name, vals) in enumerate(zip(field_names, values))
-        ]
+        total = sum(len(vals) for vals in values)
+        # Millions of distinct values (Criteo-scale ID fields) take minutes: say where we are.
+        report = log.info if total >= LONG_WORK_VALUES else log.debug
+        start = time.perf_counter()
+        self.fields = []
+        for f, (name, vals) in enumerate(zip(field_names, values)):
+            self.fields.append(self._tokenize_field(f, name, vals, tokenizer, max_value_tokens))
+            report("tokenized field %d/%d %r: %d values (%.1fs)", f + 1, len(field_names), name, len(vals), time.perf_counter() - start)
+        log.info("tokenized %d distinct values of %d fields in %.1fs", total, len(field_names), time.perf_counter() - start)
         if self.num_long_values:
             log.warning("%d distinct values were cut to max_value_tokens=%d tokens", self.num_long_values, max_value_tokens)
 
