@@ -233,3 +233,23 @@ def test_config_dir_points_at_this_repository():
     from flip_ctr.cli import config_dir
 
     assert Path(config_dir()).resolve() == CONF.resolve()
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_experiment_values_reach_the_composed_config(experiment):
+    # An experiment's own values (task_name, strategies, stage limits) must win over the entry
+    # config's defaults, or `experiment=X` silently runs something else.
+    cfg = compose_cfg("pipeline", [f"experiment={experiment}"])
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    own.pop("defaults", None)
+    assert own, experiment
+    for key, value in _leaves(own):
+        assert OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}))["v"] == value, (experiment, key)
