@@ -26,10 +26,7 @@ FLIP_ID is served at the cost of the plain ID model.
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, List
@@ -39,6 +36,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from flip_ctr.atomic import atomic_directory, atomic_path
 from flip_ctr.data.preprocess import OOV_TEXT, FeatureSpace
 from flip_ctr.stages.checkpoints import submodule_state
 
@@ -215,10 +213,8 @@ def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Pat
     out = Path(out)
     if out.exists() and not (out / META_FILE).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an exported model: refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model dir is meant to be shared
-    try:
+    with atomic_directory(out) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model dir is meant to be shared
         torch.jit.save(scorer, str(tmp / MODEL_FILE))
         meta.update(
             format_version=FORMAT_VERSION,
@@ -230,12 +226,6 @@ def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Pat
             torch=torch.__version__,
         )
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -325,18 +315,13 @@ def read_rows(path: Path) -> pl.DataFrame:
 
 def write_rows(frame: pl.DataFrame, path: Path) -> None:
     """Atomic: written to a temp sibling, then renamed, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix in (".parquet", ".pq"):
             frame.write_parquet(tmp)
         elif path.suffix in (".csv", ".tsv"):
             frame.write_csv(tmp, separator="\t" if path.suffix == ".tsv" else ",")
         else:
             raise ValueError(f"{path}: expected a .parquet or .csv output file")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def predict(model: str | Path, input_path: str | Path, output_path: str | Path, ckpt: str | None = None,

@@ -20,6 +20,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from flip_ctr.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -212,7 +214,8 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         fit_seconds=fit_seconds,
     )
     if trainer.is_global_zero:
-        (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # Atomic: skip_completed_stages reads a complete metrics.json as "this stage finished".
+        atomic_write_text(stage_dir / "metrics.json", json.dumps(metrics, indent=2))
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
@@ -279,7 +282,7 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:  # DDP: every rank ran the pipeline; one writes its summary
-        (out / "summary.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(out / "summary.json", json.dumps(results, indent=2))
         (out / "summary.md").write_text(table + "\n")
         print(table)
     return results

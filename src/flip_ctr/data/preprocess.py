@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from flip_ctr.atomic import atomic_directory
 from flip_ctr.data.schema import ROW_COLUMN, DatasetSchema, Field, LoadedTable
 
 log = logging.getLogger(__name__)
@@ -189,11 +188,7 @@ def build_artifact(loaded: LoadedTable, split: SplitConfig) -> dict:
             .group_by("value")
             .agg(pl.col("train").sum().alias("train_count"))
         )
-        # Seen values first, most frequent first, ties broken by the value text: deterministic.
-        seen = counts.filter(pl.col("train_count") > 0).sort(["train_count", "value"], descending=[True, False])
-        unseen = counts.filter(pl.col("train_count") == 0).sort("value")
-        dictionary = pl.concat([seen, unseen])
-        dictionary = dictionary.with_columns(pl.int_range(1, dictionary.height + 1, dtype=pl.Int32).alias("local"))
+        dictionary, seen = value_dictionary(counts)
         local = table.select(pl.col(column).alias("value")).join(
             dictionary.select("value", "local"), on="value", how="left", maintain_order="left"
         )["local"]
@@ -220,6 +215,17 @@ def build_artifact(loaded: LoadedTable, split: SplitConfig) -> dict:
 _ARRAYS = ("value_ids", "labels", "row_in_source", "feature_frequencies")
 
 
+def value_dictionary(counts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One field's dictionary from its per-value training counts (``value``, ``train_count``):
+    seen values first, most frequent first, ties broken by the value text (deterministic), then
+    the test-only values by text; ``local`` numbers them from 1 (0 is OOV). Returns the
+    dictionary and its seen part."""
+    seen = counts.filter(pl.col("train_count") > 0).sort(["train_count", "value"], descending=[True, False])
+    unseen = counts.filter(pl.col("train_count") == 0).sort("value")
+    dictionary = pl.concat([seen, unseen])
+    return dictionary.with_columns(pl.int_range(1, dictionary.height + 1, dtype=pl.Int32).alias("local")), seen
+
+
 def _schema_to_json(schema: DatasetSchema) -> dict:
     return {
         "name": schema.name,
@@ -240,40 +246,32 @@ def _schema_from_json(data: dict) -> DatasetSchema:
 
 def write_artifact(parts: dict, path: Path) -> None:
     """Writes atomically: everything goes to a sibling temp dir that is renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        files = {}
+    # Parallel sweep jobs may build the same cache: if another one published it first, keep theirs.
+    with atomic_directory(path, published_marker="manifest.json") as tmp:
         for name in _ARRAYS:
             np.save(tmp / f"{name}.npy", parts[name])
-            files[f"{name}.npy"] = _digest(tmp / f"{name}.npy")
         space: FeatureSpace = parts["space"]
         with open(tmp / "values.json", "w") as fh:
             json.dump(space.values, fh)
-        files["values.json"] = _digest(tmp / "values.json")
-        manifest = {
-            "format_version": CACHE_FORMAT_VERSION,
-            "schema": _schema_to_json(space.schema),
-            "num_seen": space.num_seen,
-            "num_fit": parts["num_fit"],
-            "num_val": parts["num_val"],
-            "num_test": parts["num_test"],
-            "files": files,
-        }
-        with open(tmp / "manifest.json", "w") as fh:
-            json.dump(manifest, fh, indent=1)
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            # Another process (a parallel sweep job) renamed its identical copy into place first.
-            if not (path / "manifest.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp, space.schema, space.num_seen, parts["num_fit"], parts["num_val"], parts["num_test"])
+
+
+def write_manifest(directory: Path, schema: DatasetSchema, num_seen: list[int], num_fit: int, num_val: int, num_test: int) -> None:
+    """Written last into an artifact directory: the digest of every array and of values.json
+    (checked by read_artifact), the schema and the split sizes."""
+    files = {f"{name}.npy": _digest(directory / f"{name}.npy") for name in _ARRAYS}
+    files["values.json"] = _digest(directory / "values.json")
+    manifest = {
+        "format_version": CACHE_FORMAT_VERSION,
+        "schema": _schema_to_json(schema),
+        "num_seen": num_seen,
+        "num_fit": num_fit,
+        "num_val": num_val,
+        "num_test": num_test,
+        "files": files,
+    }
+    with open(directory / "manifest.json", "w") as fh:
+        json.dump(manifest, fh, indent=1)
 
 
 class StaleCacheError(RuntimeError):

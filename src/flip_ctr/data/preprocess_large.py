@@ -41,25 +41,22 @@ import glob as globlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from flip_ctr.atomic import atomic_directory
 from flip_ctr.data.preprocess import (
-    _ARRAYS,
-    CACHE_FORMAT_VERSION,
     OOV_TEXT,
     Artifact,
     SplitConfig,
     StaleCacheError,
-    _digest,
-    _schema_to_json,
     cache_key,
     read_artifact,
+    value_dictionary,
+    write_manifest,
 )
 from flip_ctr.data.schema import LABEL_COLUMN, ROW_COLUMN, TIME_COLUMN, DataError, DatasetSchema, Field
 from flip_ctr.data.sources.table import UNKNOWN, read_table_schema
@@ -239,9 +236,7 @@ def preprocess_large(
 
     # -- output directory (atomic) -----------------------------------------------------------
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
-    try:
+    with atomic_directory(out_path, published_marker="manifest.json") as tmp:
         columns = [f["column"] for f in field_specs]
         value_ids = np.lib.format.open_memmap(tmp / "value_ids.npy", mode="w+", dtype=np.int32, shape=(num_rows, len(columns)))
         num_seen: list[int] = []
@@ -259,14 +254,11 @@ def preprocess_large(
                     .agg(pl.col("train").sum().alias("train_count"))
                     .collect(engine=_STREAMING)
                 )
-                seen = counts.filter(pl.col("train_count") > 0).sort(["train_count", "value"], descending=[True, False])
-                unseen = counts.filter(pl.col("train_count") == 0).sort("value")
+                dictionary, seen = value_dictionary(counts)
                 del counts
-                dictionary = pl.concat([seen, unseen])
-                dictionary = dictionary.with_columns(pl.int_range(1, dictionary.height + 1, dtype=pl.Int32).alias("local"))
                 num_seen.append(seen.height)
                 frequencies.append(np.concatenate([[0], seen["train_count"].to_numpy().astype(np.int64)]))
-                del seen, unseen
+                del seen
                 if f:
                     values_file.write(",")
                 json.dump([OOV_TEXT] + dictionary["value"].to_list(), values_file)
@@ -299,31 +291,8 @@ def preprocess_large(
         np.save(tmp / "feature_frequencies.npy", np.concatenate(frequencies))
         fields = tuple(Field(f["column"], f["name"], f.get("side", "context")) for f in field_specs)
         ds_schema = DatasetSchema(spec["name"], fields, time_column=TIME_COLUMN if time_column else None)
-        files_digest = {f"{name}.npy": _digest(tmp / f"{name}.npy") for name in _ARRAYS}
-        files_digest["values.json"] = _digest(tmp / "values.json")
-        manifest = {
-            "format_version": CACHE_FORMAT_VERSION,
-            "schema": _schema_to_json(ds_schema),
-            "num_seen": num_seen,
-            "num_fit": num_fit,
-            "num_val": num_val,
-            "num_test": num_test,
-            "files": files_digest,
-        }
-        with open(tmp / "manifest.json", "w") as fh:
-            json.dump(manifest, fh, indent=1)
-        if out_path.exists():
-            shutil.rmtree(out_path, ignore_errors=True)
-        try:
-            os.replace(tmp, out_path)
-        except OSError:
-            if not (out_path / "manifest.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        phases["write_s"] = time.perf_counter() - t0
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp, ds_schema, num_seen, num_fit, num_val, num_test)
+    phases["write_s"] = time.perf_counter() - t0
     num_features = int(sum(num_seen) + len(num_seen))
     summary = {
         "rows": num_rows,

@@ -12,13 +12,12 @@ Writes are atomic (temp path, then rename), so a crash never leaves a half-writt
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from flip_ctr.atomic import atomic_directory, atomic_path
 
 ID_MODEL_FILE = "id_model.pt"
 PLM_DIR = "plm"
@@ -28,10 +27,8 @@ HEADS_FILE = "alignment_heads.pt"
 
 
 def _atomic_torch_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _cpu_state(module: nn.Module) -> dict:
@@ -79,16 +76,8 @@ def save_aligned(directory: Path, id_model: nn.Module, id_model_spec: dict, plm:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_id_model(directory / ID_MODEL_FILE, id_model, id_model_spec)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{PLM_DIR}.", dir=directory))
-    try:
+    with atomic_directory(directory / PLM_DIR) as tmp:
         plm.save_pretrained(tmp)
-        target = directory / PLM_DIR
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_aligned_plm(directory: Path, **kwargs) -> nn.Module:

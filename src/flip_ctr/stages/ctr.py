@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -23,13 +22,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
+from flip_ctr.atomic import atomic_path, atomic_write_text
+
 log = logging.getLogger(__name__)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _unique_rows(rows: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -114,9 +109,8 @@ class CTRStage(L.LightningModule):
         metrics = {**metrics, "num_test_rows": int(rows.numel())}
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         frame = pl.DataFrame({"row_id": rows.numpy(), "label": labels.numpy().astype("int8"), "prob": probs.numpy()})
-        tmp = run_dir / f".predictions.parquet.tmp{os.getpid()}"
-        frame.sort("row_id").write_parquet(tmp)
-        os.replace(tmp, run_dir / "predictions.parquet")
+        with atomic_path(run_dir / "predictions.parquet") as tmp:
+            frame.sort("row_id").write_parquet(tmp)
         log.info("test AUC %.4f Logloss %.4f over %d rows → %s", metrics["auc"], metrics["logloss"], rows.numel(), run_dir)
 
 
