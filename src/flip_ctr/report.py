@@ -232,17 +232,22 @@ def _find_baseline(groups: dict[tuple, Group], keys: list[str], row: dict, label
 
 
 # ----------------------------------------------------------------------------- the default table
+def _seed_statistics() -> list[pl.Expr]:
+    """Per group of runs: how many seeds, and mean ± std (sample std; 0 for one seed) of AUC and Logloss."""
+    return [
+        pl.len().alias("seeds"),
+        pl.col("auc").mean().alias("auc_mean"),
+        pl.col("auc").std().fill_null(0.0).alias("auc_std"),
+        pl.col("logloss").mean().alias("logloss_mean"),
+        pl.col("logloss").std().fill_null(0.0).alias("logloss_std"),
+    ]
+
+
 def summarize(frame: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
     keys = ["dataset", "model", "ablation"]
     summary = (
         frame.group_by(keys, maintain_order=True)
-        .agg(
-            pl.len().alias("seeds"),
-            pl.col("auc").mean().alias("auc_mean"),
-            pl.col("auc").std().fill_null(0.0).alias("auc_std"),
-            pl.col("logloss").mean().alias("logloss_mean"),
-            pl.col("logloss").std().fill_null(0.0).alias("logloss_std"),
-        )
+        .agg(*_seed_statistics())
         .sort(keys)
     )
     if baseline is None:
@@ -405,13 +410,7 @@ def sweep_points(frame: pl.DataFrame, param: str) -> pl.DataFrame:
         return sub
     points = (
         sub.group_by(["dataset", "model", param])
-        .agg(
-            pl.len().alias("seeds"),
-            pl.col("auc").mean().alias("auc_mean"),
-            pl.col("auc").std().fill_null(0.0).alias("auc_std"),
-            pl.col("logloss").mean().alias("logloss_mean"),
-            pl.col("logloss").std().fill_null(0.0).alias("logloss_std"),
-        )
+        .agg(*_seed_statistics())
         .sort(["dataset", "model", param])
     )
     varied = points.group_by(["dataset", "model"]).agg(pl.col(param).n_unique().alias("n")).filter(pl.col("n") >= 2)

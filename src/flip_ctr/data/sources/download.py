@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from flip_ctr.atomic import atomic_path
 from flip_ctr.data.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -131,24 +132,17 @@ def fetch(url: str, dest: Path, archive: Archive, *, opener: Opener | None = Non
             log.info("%s already present with the right checksum", dest)
             return dest
         log.warning("%s exists but its checksum is wrong; downloading again", dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     opener = opener or (lambda u: urllib.request.urlopen(u, timeout=60))  # noqa: S310 - fixed https URLs
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest) as tmp:
         log.info("downloading %s → %s", url, dest)
         try:
-            with os.fdopen(fd, "wb") as out, opener(url) as response:
+            with open(tmp, "wb") as out, opener(url) as response:
                 shutil.copyfileobj(response, out, _CHUNK)
         except OSError as err:
             raise DataError(f"{url}: download failed ({err}); check the network or download it by hand into {dest.parent}") from err
         ok, why = _hash_ok(tmp, archive)
         if not ok:
             raise DataError(f"{url}: checksum mismatch ({why}); the download is corrupt or the file changed upstream")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 
