@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from flip_ctr.data.schema import DatasetSchema, Field, LoadedTable
 
@@ -52,3 +53,31 @@ def minilm_tokenizer():
     from flip_ctr.models.plm import load_tokenizer
 
     return load_tokenizer("minilm_l6")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~20x faster than two
+    competing with other processes (OpenMP spin-waits), and leaves a core to the rest.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Preamble of a child-process script that must run as if transformers were not installed:
+# unimportable, and invisible to optional-dependency probes (torchmetrics imports it at import
+# time when its distribution metadata is present).
+WITHOUT_TRANSFORMERS = """\
+import importlib.metadata as md, json, sys
+sys.modules["transformers"] = None
+_version, _distribution = md.version, md.distribution
+def _hide(fn):
+    def wrapped(name):
+        if name.lower().replace("_", "-") == "transformers":
+            raise md.PackageNotFoundError(name)
+        return fn(name)
+    return wrapped
+md.version, md.distribution = _hide(_version), _hide(_distribution)
+"""

@@ -27,6 +27,7 @@ from flip_ctr.baselines.ptab import PTabMLMModule, bert_mask
 from flip_ctr.data.datamodule import BatchBuilder
 from flip_ctr.data.text import TextPieces
 from flip_ctr.models.plm import PLMEncoder
+from conftest import WITHOUT_TRANSFORMERS
 from test_datamodule import make_dm, write_ml100k_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,12 +35,7 @@ CONF = REPO / "conf"
 BASELINES = ("ctr_bert", "ptab", "p5", "p5_random", "ctrl", "plm_only")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -339,18 +335,8 @@ def test_every_baseline_runs_from_the_cli_and_reports(sweep, dm):
         assert f"| {label} | - | 1 |" in table
 
 
-CHILD = textwrap.dedent(
+CHILD = WITHOUT_TRANSFORMERS + textwrap.dedent(
     """
-    import importlib.metadata as md, json, sys
-    sys.modules["transformers"] = None  # "not installed"
-    _version, _distribution = md.version, md.distribution
-    def _hide(fn):
-        def wrapped(name):
-            if name.lower().replace("_", "-") == "transformers":
-                raise md.PackageNotFoundError(name)
-            return fn(name)
-        return wrapped
-    md.version, md.distribution = _hide(_version), _hide(_distribution)
     import torch
     from flip_ctr.stages.checkpoints import load_id_model
     model, spec = load_id_model(sys.argv[1])

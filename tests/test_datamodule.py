@@ -77,12 +77,7 @@ def make_dm(data_dir: Path, cache_dir: Path, tokenizer=None, **kw) -> CTRDataMod
     return dm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: leave a core to the rest
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["original", "atomic"])

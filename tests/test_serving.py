@@ -36,12 +36,7 @@ UNSEEN = {  # values that occur nowhere in the fixture
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

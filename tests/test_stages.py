@@ -28,6 +28,7 @@ from flip_ctr.stages.checkpoints import load_aligned_plm, load_id_model
 from flip_ctr.stages.finetune import FinetuneJointModule, FinetunePLMModule
 from flip_ctr.stages.finetune_id import FinetuneIDModule
 from flip_ctr.stages.pretrain import AlignmentConfig, AlignmentPretrainModule
+from conftest import WITHOUT_TRANSFORMERS
 from test_datamodule import make_dm, write_ml100k_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +40,7 @@ SMALL_HEADS = {"head_hidden_dim": 32, "icl_dim": 16, "num_noise": 5}
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~20x faster than two
-    competing with other processes (OpenMP spin-waits), and leaves a core to the rest."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -350,21 +344,8 @@ def test_aligned_id_model_for_another_dataset_is_refused(aligned, dm, tmp_path):
         build_finetune_id(cfg=cfg, stage=cfg.stage, datamodule=other, stage_dir=tmp_path)
 
 
-CHILD = textwrap.dedent(
+CHILD = WITHOUT_TRANSFORMERS + textwrap.dedent(
     """
-    import importlib.metadata as md, json, sys
-    # transformers "not installed": unimportable, and invisible to optional-dependency probes
-    # (torchmetrics imports it at import time when its distribution metadata is present).
-    sys.modules["transformers"] = None
-    _version, _distribution = md.version, md.distribution
-    def _hide(fn):
-        def wrapped(name):
-            if name.lower().replace("_", "-") == "transformers":
-                raise md.PackageNotFoundError(name)
-            return fn(name)
-        return wrapped
-    md.version, md.distribution = _hide(_version), _hide(_distribution)
-
     import torch
     from flip_ctr.stages.checkpoints import load_id_model
     from flip_ctr.stages.finetune_id import FinetuneIDModule
