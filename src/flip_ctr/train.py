@@ -288,9 +288,9 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
     return results
 
 
-# What must match for an earlier stage run to stand in for this one (num_threads, paths and the
-# list of strategies may differ: they do not change what the stage computes).
-_STAGE_IDENTITY = ("data", "id_model", "plm", "ablation", "seed")
+# What must match for an earlier stage run to stand in for this one (num_threads, paths, loggers,
+# callbacks and the list of strategies may differ: they do not change what the stage computes).
+_STAGE_IDENTITY = ("data", "id_model", "plm", "ablation", "trainer", "seed")
 
 
 def _completed_stage(cfg: DictConfig, key: str, stage_dir: Path) -> dict | None:
