@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -73,16 +74,24 @@ def _load_id_model(cfg: DictConfig, stage: DictConfig, datamodule) -> torch.nn.M
     return build_id_model(cfg, datamodule)
 
 
+def _regularization(cfg: DictConfig) -> dict:
+    """The ID model's loss options (conf/id_recipe/): L2 coefficients by group and BCE reduction."""
+    reg = OmegaConf.to_container(cfg.get("regularization") or {}, resolve=True)
+    return {"l2": reg.get("l2") or {}, "bce_reduction": reg.get("bce_reduction", "mean")}
+
+
 def build_ctr(cfg, stage, datamodule, stage_dir):
     from flip_ctr.stages.ctr import CTRModule
 
-    return CTRModule(build_id_model(cfg, datamodule), lr=stage.lr, weight_decay=stage.weight_decay)
+    return CTRModule(build_id_model(cfg, datamodule), lr=stage.lr, weight_decay=stage.weight_decay, **_regularization(cfg))
 
 
 def build_finetune_id(cfg, stage, datamodule, stage_dir):
     from flip_ctr.stages.finetune_id import FinetuneIDModule
 
-    return FinetuneIDModule(_load_id_model(cfg, stage, datamodule), lr=stage.lr, weight_decay=stage.weight_decay)
+    return FinetuneIDModule(
+        _load_id_model(cfg, stage, datamodule), lr=stage.lr, weight_decay=stage.weight_decay, **_regularization(cfg)
+    )
 
 
 def build_finetune_plm(cfg, stage, datamodule, stage_dir):
@@ -149,14 +158,94 @@ def make_datamodule(cfg: DictConfig, stage: DictConfig):
 
 
 def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=None) -> dict:
-    """Fit + test one stage in ``stage_dir``; returns the test metrics (also in metrics.json)."""
+    """Fit + test one stage in ``stage_dir`` under ``cfg.protocol``; returns the test metrics
+    (also in metrics.json). Pretraining has no labels and no protocol: it fits and returns."""
     stage_dir = Path(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:
+        L.seed_everything(cfg.seed, workers=True)  # the same for every stage, whatever ran before
         datamodule = make_datamodule(cfg, stage)
         datamodule.prepare_data()
         datamodule.setup()
+    if stage.name == "pretrain":
+        # The reference pretrains on the whole training part; `fit` keeps the validation slice out.
+        plan = FitPlan(stage.get("train_split", "fit"), None, None, _stage_epochs(cfg, stage))
+        return _fit(cfg, stage, stage_dir, datamodule, plan, test=False)
+    protocol = _protocol(cfg)
+    labels = {"protocol": protocol.label, "protocol_name": protocol.name}
+    if not stage.get("validate", True):
+        # Nothing to select (one short pass, CPU scale): train on the protocol's training rows.
+        plan = FitPlan(protocol.final_split, None, None, _stage_epochs(cfg, stage))
+        return _fit(cfg, stage, stage_dir, datamodule, plan, record=labels)
+    if protocol.name != "refit":
+        plan = FitPlan(protocol.fit_split, protocol.select_on, protocol.patience, _stage_epochs(cfg, stage))
+        return _fit(cfg, stage, stage_dir, datamodule, plan, record=labels)
+    # refit: choose the epoch count on the validation slice, then train again from the same
+    # initialisation on the whole training part for that many epochs and test once.
+    select = FitPlan("fit", "val", protocol.patience, _stage_epochs(cfg, stage))
+    selection = _fit(cfg, stage, stage_dir / "selection", datamodule, select, test=False)
+    epochs = selection["selected_epochs"]
+    log.info(
+        "refit: %s selected %d epoch(s) on validation (AUC %.4f); retraining on the whole training part",
+        stage.name, epochs, selection["best_val_auc"],
+    )
+    record = {**labels, "best_val_auc": selection["best_val_auc"], "selection_fit_seconds": selection["fit_seconds"]}
+    metrics = _fit(cfg, stage, stage_dir, datamodule, FitPlan("train", None, None, epochs), record=record)
+    return metrics
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """One Trainer.fit: which rows train, which split selects the checkpoint (None: the last
+    weights, no validation pass), early-stopping patience, and the epoch budget."""
+
+    train_split: str
+    select_on: str | None
+    patience: int | None
+    max_epochs: int
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """conf/protocol/: how label-trained stages fit, select and report (see those files)."""
+
+    name: str
+    label: str
+    fit_split: str  # rows that train the selected model (paper: the whole training part)
+    select_on: str  # "val" (the validation slice) or "test" (paper protocol only)
+    patience: int
+
+    @property
+    def final_split(self) -> str:
+        return "fit" if self.name == "holdout" else "train"
+
+
+PROTOCOLS = ("paper", "refit", "holdout")
+
+
+def _protocol(cfg: DictConfig) -> Protocol:
+    p = cfg.get("protocol")
+    if p is None:
+        raise ValueError("no protocol in the config: add `protocol: refit` (or paper/holdout) to the defaults list")
+    if p.name not in PROTOCOLS:
+        raise ValueError(f"protocol.name must be one of {PROTOCOLS}, got {p.name!r}")
+    protocol = Protocol(name=p.name, label=p.label, fit_split=p.fit_split, select_on=p.select_on, patience=int(p.patience))
+    if (protocol.select_on == "test") != (protocol.name == "paper"):
+        raise ValueError(f"protocol {protocol.name}: only the paper protocol may select on the test split (select_on={protocol.select_on!r})")
+    if protocol.patience < 1:
+        raise ValueError(f"protocol.patience must be >= 1, got {protocol.patience}")
+    return protocol
+
+
+def _fit(
+    cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule, plan: FitPlan, test: bool = True, record: dict | None = None
+) -> dict:
+    """Build the stage's module (seeded: the same initialisation every time), fit it under
+    ``plan``, and (``test``) evaluate the selected weights on the test split; ``record`` is
+    written into metrics.json beside them."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule.train_split = plan.train_split
+    datamodule.val_split = plan.select_on or "val"
     module = hydra.utils.call(stage.builder)(cfg=cfg, stage=stage, datamodule=datamodule, stage_dir=stage_dir)
     is_pretrain = stage.name == "pretrain"
     from flip_ctr.callbacks import SpeedMonitor
@@ -166,12 +255,14 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
         callbacks = [c for c in callbacks if not isinstance(c, (EarlyStopping, ModelCheckpoint))]
+    elif plan.select_on is None:
+        callbacks = _without_model_selection(callbacks)
+    else:
+        _set_patience(callbacks, plan.patience)
     callbacks.append(SpeedMonitor())
     loggers = instantiate_group(cfg.get("logger"), stage_dir, "save_dir")
     # Epochs and batch limits are per stage; an explicit trainer.* value on the command line wins.
-    trainer_overrides = {"default_root_dir": str(stage_dir)}
-    if cfg.trainer.get("max_epochs") is None:
-        trainer_overrides["max_epochs"] = stage.max_epochs
+    trainer_overrides = {"default_root_dir": str(stage_dir), "max_epochs": plan.max_epochs}
     limit = stage.get("limit_train_batches")
     if limit is not None and cfg.trainer.get("limit_train_batches") is None:
         if isinstance(limit, float) and 0 < limit < 1:
@@ -180,10 +271,9 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         trainer_overrides["limit_train_batches"] = limit
     if is_pretrain:
         trainer_overrides.update(limit_val_batches=0, enable_checkpointing=False)
-    elif not stage.get("validate", True):
-        # One short epoch (CPU scale) leaves nothing to select: skip the validation pass, which
-        # through a PLM costs minutes, and keep the final weights.
-        callbacks = _without_model_selection(callbacks)
+    elif plan.select_on is None:
+        # Nothing to select: skip the validation pass (through a PLM it costs minutes) and keep
+        # the final weights.
         trainer_overrides["limit_val_batches"] = 0
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides)
     (stage_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -191,13 +281,26 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg, stage_dir))
     fit_seconds = time.perf_counter() - start
     # DDP: rank 0 writes the stage's artifacts (aligned/, checkpoints) in on_fit_end; no rank may
     # go on to read them (next stage) before that is done.
     trainer.strategy.barrier("flip_ctr_fitted")
-    if is_pretrain or not cfg.get("test", True):
+    if is_pretrain:
         return {"stage": stage.name, "fit_seconds": fit_seconds}
+    selection_score = _best_score(trainer) if plan.select_on else None
+    fitted = {
+        # Under the paper protocol the selecting score is a test AUC: never call it validation.
+        "best_val_auc": selection_score if plan.select_on == "val" else None,
+        "selection_auc": selection_score,
+        "selected_epochs": _selected_epochs(trainer) if plan.select_on else trainer.current_epoch,
+        "epochs_trained": trainer.current_epoch,
+        "train_split": plan.train_split,
+        "train_rows": _split_rows(datamodule, plan.train_split),
+        "fit_seconds": fit_seconds,
+    }
+    if not test or not cfg.get("test", True):
+        return {"stage": stage.name, **fitted}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
     trainer.strategy.barrier("flip_ctr_tested")  # DDP: rank 0 has written metrics.json
@@ -209,9 +312,8 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
         stage=stage.name,
         ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
         seed=cfg.seed,
-        best_val_auc=_best_score(trainer),
-        epochs_trained=trainer.current_epoch,
-        fit_seconds=fit_seconds,
+        **fitted,
+        **(record or {}),
     )
     if trainer.is_global_zero:
         # Atomic: skip_completed_stages reads a complete metrics.json as "this stage finished".
@@ -219,6 +321,48 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
+
+
+def _stage_epochs(cfg: DictConfig, stage: DictConfig) -> int:
+    """The stage's epoch budget; an explicit ``trainer.max_epochs`` on the command line wins."""
+    return int(cfg.trainer.get("max_epochs") or stage.max_epochs)
+
+
+def _resume_checkpoint(cfg: DictConfig, stage_dir: Path) -> str | None:
+    """``ckpt_path`` resumes the fit that wrote it. Under refit a stage fits twice (``selection/``,
+    then the stage dir itself): a checkpoint of one of them is not loaded into the other."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        return None
+    checkpoint_dir = Path(path).resolve().parent
+    fits = {(stage_dir / "checkpoints").resolve(), (stage_dir / "selection" / "checkpoints").resolve()}
+    if stage_dir.name == "selection":
+        fits.add((stage_dir.parent / "checkpoints").resolve())
+    if checkpoint_dir in fits and checkpoint_dir != (stage_dir / "checkpoints").resolve():
+        return None  # the other fit of this stage wrote it
+    return path
+
+
+def _set_patience(callbacks: list, patience: int | None) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    for c in callbacks:
+        if isinstance(c, EarlyStopping) and patience is not None:
+            c.patience = patience
+
+
+def _selected_epochs(trainer) -> int:
+    """Epochs behind the selected (best) checkpoint: its saved ``epoch`` is 0-based."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.best_model_path:
+        return trainer.current_epoch
+    checkpoint = torch.load(callback.best_model_path, map_location="cpu", weights_only=False)
+    return int(checkpoint["epoch"]) + 1
+
+
+def _split_rows(datamodule, split: str) -> int:
+    start, stop = datamodule.artifact.split_ranges[split]
+    return stop - start
 
 
 def _without_model_selection(callbacks: list) -> list:
@@ -290,7 +434,7 @@ def run_pipeline(cfg: DictConfig) -> list[dict]:
 
 # What must match for an earlier stage run to stand in for this one (num_threads, paths, loggers,
 # callbacks and the list of strategies may differ: they do not change what the stage computes).
-_STAGE_IDENTITY = ("data", "id_model", "plm", "ablation", "trainer", "seed")
+_STAGE_IDENTITY = ("data", "id_model", "plm", "ablation", "trainer", "seed", "protocol", "regularization")
 
 
 def _completed_stage(cfg: DictConfig, key: str, stage_dir: Path) -> dict | None:

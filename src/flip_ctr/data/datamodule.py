@@ -135,6 +135,9 @@ class CTRDataModule(L.LightningDataModule):
         if train_split not in ("fit", "train"):
             raise ValueError(f"train_split must be 'fit' (train minus validation) or 'train' (all), got {train_split!r}")
         self.train_split = train_split
+        # What the validation loop reads: "val" (the slice before the test period), or "test"
+        # under the paper protocol, whose model selection reproduces the authors' rule.
+        self.val_split = "val"
         self.artifact: Artifact | None = None
         self.text: TextPieces | None = None
 
@@ -208,7 +211,7 @@ class CTRDataModule(L.LightningDataModule):
         return self._loader(self.train_split, True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
+        return self._loader(self.val_split, False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False, self.eval_batch_size)

@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from flip_ctr.atomic import atomic_path, atomic_write_text
+from flip_ctr.models.id.regularization import l2_penalty
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +116,37 @@ class CTRStage(L.LightningModule):
 
 
 class CTRModule(CTRStage):
-    """An ID model trained from scratch on clicks (the ID baselines of Table II)."""
+    """An ID model trained from scratch on clicks (the ID baselines of Table II).
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+    ``l2`` (group → coefficient, :mod:`flip_ctr.models.id.regularization`) adds the reference
+    code's L2 penalty to the loss every step; ``bce_reduction="sum"`` sums the BCE over the batch
+    as deepctr-torch does (with Adam this mostly changes how strong the L2 term is relative to
+    the data term: λ against a sum of B losses is λ/B against their mean).
+    """
+
+    def __init__(
+        self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, l2: dict | None = None, bce_reduction: str = "mean"
+    ) -> None:
         super().__init__()
+        if bce_reduction not in ("mean", "sum"):
+            raise ValueError(f"regularization.bce_reduction must be 'mean' or 'sum', got {bce_reduction!r}")
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
+        self.l2 = dict(l2 or {})
+        self.bce_reduction = bce_reduction
         self.save_hyperparameters(ignore=["model"])
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch["feature_ids"])[1]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.bce(self(batch), batch["labels"])
+        bce = F.binary_cross_entropy_with_logits(self(batch).float(), batch["labels"].float(), reduction=self.bce_reduction)
+        penalty = l2_penalty(self.model, self.l2)
+        loss = bce if penalty is None else bce + penalty
         self.log("train/loss", loss, prog_bar=True)
+        if penalty is not None:
+            self.log("train/l2", penalty)
         return loss
 
     def configure_optimizers(self):

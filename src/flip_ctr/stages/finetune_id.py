@@ -17,6 +17,6 @@ from flip_ctr.stages.ctr import CTRModule
 
 class FinetuneIDModule(CTRModule):
     @classmethod
-    def from_pretrained(cls, pretrained_dir: str | Path, lr: float = 1e-3, weight_decay: float = 0.0) -> "FinetuneIDModule":
+    def from_pretrained(cls, pretrained_dir: str | Path, **kwargs) -> "FinetuneIDModule":
         model, _ = load_id_model(Path(pretrained_dir))
-        return cls(model=model, lr=lr, weight_decay=weight_decay)
+        return cls(model=model, **kwargs)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import FeatureEmbedding, LinearTerm, PairwiseProduct
+from .layers import EMBEDDING_INIT_STD, FeatureEmbedding, LinearTerm, PairwiseProduct
 
 
 class AFM(nn.Module):
@@ -26,13 +26,15 @@ class AFM(nn.Module):
         embedding_dim: int = 32,
         dnn_hidden_units: Sequence[int] = (300, 300, 128),
         dropout: float = 0.0,
+        linear_term: bool = True,
+        embedding_init_std: float = EMBEDDING_INIT_STD,
         attention_dim: int = 32,
     ):
         super().__init__()
         self.num_fields = num_fields
-        self.embedding = FeatureEmbedding(num_features, embedding_dim)
+        self.embedding = FeatureEmbedding(num_features, embedding_dim, embedding_init_std)
         self.mask_feature_id = self.embedding.mask_feature_id
-        self.linear = LinearTerm(num_features)
+        self.linear = LinearTerm(num_features) if linear_term else None
         self.pairwise = PairwiseProduct(num_fields)
         # The paper puts dropout on the pair-wise interaction layer.
         self.dropout = nn.Dropout(dropout)
@@ -49,5 +51,7 @@ class AFM(nn.Module):
         pairs = self.dropout(self.pairwise(field_emb))  # [B, P, D]
         weights = torch.softmax(self.attention(pairs), dim=1)  # [B, P, 1]
         v = (weights * pairs).sum(dim=1)  # [B, D]
-        logit = self.head(v).squeeze(-1) + self.linear(feature_ids)
+        logit = self.head(v).squeeze(-1)
+        if self.linear is not None:
+            logit = logit + self.linear(feature_ids)
         return v, logit

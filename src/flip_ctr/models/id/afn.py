@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import MLP, FeatureEmbedding
+from .layers import EMBEDDING_INIT_STD, FeatureEmbedding, LinearTerm, MLP
 
 
 class LogarithmicLayer(nn.Module):
@@ -52,14 +52,17 @@ class AFN(nn.Module):
         embedding_dim: int = 32,
         dnn_hidden_units: Sequence[int] = (300, 300, 128),
         dropout: float = 0.0,
+        linear_term: bool = False,
+        embedding_init_std: float = EMBEDDING_INIT_STD,
         log_neurons: int = 64,
         afn_hidden_units: Sequence[int] | None = None,
         ensemble_dnn: bool = False,
     ):
         super().__init__()
         self.num_fields = num_fields
-        self.embedding = FeatureEmbedding(num_features, embedding_dim)
+        self.embedding = FeatureEmbedding(num_features, embedding_dim, embedding_init_std)
         self.mask_feature_id = self.embedding.mask_feature_id
+        self.linear = LinearTerm(num_features) if linear_term else None  # optional first-order term
         self.log_layer = LogarithmicLayer(num_fields, log_neurons)
         afn_units = dnn_hidden_units if afn_hidden_units is None else afn_hidden_units
         self.afn_mlp = MLP(log_neurons * embedding_dim, afn_units, dropout)
@@ -73,4 +76,7 @@ class AFN(nn.Module):
         if self.dnn is not None:
             parts.append(self.dnn(field_emb.flatten(1)))
         v = torch.cat(parts, dim=1)
-        return v, self.head(v).squeeze(-1)
+        logit = self.head(v).squeeze(-1)
+        if self.linear is not None:
+            logit = logit + self.linear(feature_ids)
+        return v, logit

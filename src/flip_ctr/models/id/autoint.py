@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import MLP, FeatureEmbedding
+from .layers import EMBEDDING_INIT_STD, FeatureEmbedding, LinearTerm, MLP
 
 
 class InteractingLayer(nn.Module):
@@ -49,6 +49,8 @@ class AutoInt(nn.Module):
         embedding_dim: int = 32,
         dnn_hidden_units: Sequence[int] = (300, 300, 128),
         dropout: float = 0.0,
+        linear_term: bool = False,
+        embedding_init_std: float = EMBEDDING_INIT_STD,
         num_attention_layers: int = 3,
         attention_dim: int = 32,
         num_heads: int = 2,
@@ -57,8 +59,9 @@ class AutoInt(nn.Module):
     ):
         super().__init__()
         self.num_fields = num_fields
-        self.embedding = FeatureEmbedding(num_features, embedding_dim)
+        self.embedding = FeatureEmbedding(num_features, embedding_dim, embedding_init_std)
         self.mask_feature_id = self.embedding.mask_feature_id
+        self.linear = LinearTerm(num_features) if linear_term else None  # optional first-order term
         self.attention = nn.Sequential(
             *(
                 InteractingLayer(
@@ -78,4 +81,7 @@ class AutoInt(nn.Module):
         if self.dnn is not None:
             parts.append(self.dnn(field_emb.flatten(1)))
         v = torch.cat(parts, dim=1)
-        return v, self.head(v).squeeze(-1)
+        logit = self.head(v).squeeze(-1)
+        if self.linear is not None:
+            logit = logit + self.linear(feature_ids)
+        return v, logit

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import MLP, FeatureEmbedding
+from .layers import EMBEDDING_INIT_STD, FeatureEmbedding, LinearTerm, MLP
 
 
 class CrossNet(nn.Module):
@@ -37,12 +37,15 @@ class DCN(nn.Module):
         embedding_dim: int = 32,
         dnn_hidden_units: Sequence[int] = (300, 300, 128),
         dropout: float = 0.0,
+        linear_term: bool = False,
+        embedding_init_std: float = EMBEDDING_INIT_STD,
         num_cross_layers: int = 3,
     ):
         super().__init__()
         self.num_fields = num_fields
-        self.embedding = FeatureEmbedding(num_features, embedding_dim)
+        self.embedding = FeatureEmbedding(num_features, embedding_dim, embedding_init_std)
         self.mask_feature_id = self.embedding.mask_feature_id
+        self.linear = LinearTerm(num_features) if linear_term else None  # optional first-order term
         input_dim = num_fields * embedding_dim
         self.cross = CrossNet(input_dim, num_cross_layers)
         self.dnn = MLP(input_dim, dnn_hidden_units, dropout)
@@ -52,4 +55,7 @@ class DCN(nn.Module):
     def forward(self, feature_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = self.embedding(feature_ids).flatten(1)  # [B, F*D]
         v = torch.cat([self.cross(x0), self.dnn(x0)], dim=1)
-        return v, self.head(v).squeeze(-1)
+        logit = self.head(v).squeeze(-1)
+        if self.linear is not None:
+            logit = logit + self.linear(feature_ids)
+        return v, logit

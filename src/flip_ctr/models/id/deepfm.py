@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import MLP, FeatureEmbedding, LinearTerm
+from .layers import EMBEDDING_INIT_STD, FeatureEmbedding, LinearTerm, MLP
 
 
 def fm_second_order(field_emb: torch.Tensor) -> torch.Tensor:
@@ -30,12 +30,14 @@ class DeepFM(nn.Module):
         embedding_dim: int = 32,
         dnn_hidden_units: Sequence[int] = (300, 300, 128),
         dropout: float = 0.0,
+        linear_term: bool = True,
+        embedding_init_std: float = EMBEDDING_INIT_STD,
     ):
         super().__init__()
         self.num_fields = num_fields
-        self.embedding = FeatureEmbedding(num_features, embedding_dim)
+        self.embedding = FeatureEmbedding(num_features, embedding_dim, embedding_init_std)
         self.mask_feature_id = self.embedding.mask_feature_id
-        self.linear = LinearTerm(num_features)
+        self.linear = LinearTerm(num_features) if linear_term else None
         self.dnn = MLP(num_fields * embedding_dim, dnn_hidden_units, dropout)
         self.representation_dim = self.dnn.output_dim
         self.head = nn.Linear(self.representation_dim, 1)
@@ -43,5 +45,7 @@ class DeepFM(nn.Module):
     def forward(self, feature_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         field_emb = self.embedding(feature_ids)  # [B, F, D]
         v = self.dnn(field_emb.flatten(1))
-        fm = self.linear(feature_ids) + fm_second_order(field_emb)
-        return v, self.head(v).squeeze(-1) + fm
+        logit = self.head(v).squeeze(-1) + fm_second_order(field_emb)
+        if self.linear is not None:
+            logit = logit + self.linear(feature_ids)
+        return v, logit

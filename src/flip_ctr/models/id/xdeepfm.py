@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import MLP, FeatureEmbedding, LinearTerm
+from .layers import EMBEDDING_INIT_STD, FeatureEmbedding, LinearTerm, MLP
 
 
 class CIN(nn.Module):
@@ -53,13 +53,15 @@ class XDeepFM(nn.Module):
         embedding_dim: int = 32,
         dnn_hidden_units: Sequence[int] = (300, 300, 128),
         dropout: float = 0.0,
+        linear_term: bool = True,
+        embedding_init_std: float = EMBEDDING_INIT_STD,
         cin_layer_units: Sequence[int] = (16, 16, 16),
     ):
         super().__init__()
         self.num_fields = num_fields
-        self.embedding = FeatureEmbedding(num_features, embedding_dim)
+        self.embedding = FeatureEmbedding(num_features, embedding_dim, embedding_init_std)
         self.mask_feature_id = self.embedding.mask_feature_id
-        self.linear = LinearTerm(num_features)
+        self.linear = LinearTerm(num_features) if linear_term else None
         self.cin = CIN(num_fields, cin_layer_units)
         self.dnn = MLP(num_fields * embedding_dim, dnn_hidden_units, dropout)
         self.representation_dim = self.cin.output_dim + self.dnn.output_dim
@@ -68,4 +70,7 @@ class XDeepFM(nn.Module):
     def forward(self, feature_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         field_emb = self.embedding(feature_ids)  # [B, F, D]
         v = torch.cat([self.cin(field_emb), self.dnn(field_emb.flatten(1))], dim=1)
-        return v, self.head(v).squeeze(-1) + self.linear(feature_ids)
+        logit = self.head(v).squeeze(-1)
+        if self.linear is not None:
+            logit = logit + self.linear(feature_ids)
+        return v, logit
