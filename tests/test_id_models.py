@@ -20,7 +20,10 @@ SHARED_PARAMS = {
     "embedding_dim": 32,
     "dnn_hidden_units": (300, 300, 128),
     "dropout": 0.0,
+    "embedding_init_std": 0.01,
 }
+# Models whose definition includes a first-order term (on by default; linear_term=False drops it).
+WITH_FIRST_ORDER = {"afm", "deepfm", "wide_deep", "xdeepfm"}
 
 
 def small_model(name: str, **kwargs):
@@ -149,7 +152,8 @@ def test_shared_constructor_signature(name):
     for param_name, default in SHARED_PARAMS.items():
         assert param_name in params, f"{name} lacks {param_name}"
         assert params[param_name].default == default, f"{name}.{param_name} default {params[param_name].default!r}"
-    # Everything beyond the shared five must have a default so build_id_model(name, ...) works.
+    assert params["linear_term"].default == (name in WITH_FIRST_ORDER), name
+    # Everything beyond the shared ones must have a default so build_id_model(name, ...) works.
     for param in list(params.values())[1:]:
         if param.name not in SHARED_PARAMS and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             assert param.default is not inspect.Parameter.empty, f"{name}.{param.name} has no default"
@@ -192,3 +196,87 @@ def test_cuda_autocast(name):
         v, logit = model(ids)
     assert v.device.type == "cuda" and logit.shape == (8,)
     assert torch.isfinite(v.float()).all() and torch.isfinite(logit.float()).all()
+
+
+def first_order_parameters(model) -> list[torch.Tensor]:
+    table = getattr(model, "linear", None) or getattr(model, "wide", None)
+    return [] if table is None else list(table.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("linear_term", [True, False])
+def test_linear_term_switch(name, linear_term):
+    torch.manual_seed(0)
+    model = small_model(name, linear_term=linear_term)
+    ids = random_ids(16, torch.Generator().manual_seed(1))
+    params = first_order_parameters(model)
+    assert bool(params) == linear_term
+    if not linear_term:
+        return
+    before = model(ids)[1].detach().clone()
+    table = params[0]
+    with torch.no_grad():  # a weight on one feature of field 0 moves exactly the rows that have it
+        table[ids[0, 0]] += 1.5
+    after = model(ids)[1].detach()
+    has_feature = (ids[:, 0] == ids[0, 0]).float()
+    torch.testing.assert_close(after - before, 1.5 * has_feature)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_embedding_init_std_is_applied(name):
+    torch.manual_seed(0)
+    wide = build_id_model(name, num_features=5000, num_fields=NUM_FIELDS, embedding_init_std=0.01).embedding.weight.detach()
+    narrow = build_id_model(name, num_features=5000, num_fields=NUM_FIELDS, embedding_init_std=1e-4).embedding.weight.detach()
+    assert abs(float(wide.std()) - 0.01) < 1e-3 and abs(float(narrow.std()) - 1e-4) < 1e-5
+
+
+def test_dcn_mix_shapes_gradients_and_fit():
+    torch.manual_seed(0)
+    model = small_model("dcnv2", cross_type="mix", num_cross_layers=2, num_experts=3, low_rank=4)
+    cross = model.cross
+    assert cross.u.shape == (2, 3, NUM_FIELDS * 8, 4) and cross.c.shape == (2, 3, 4, 4)
+    ids = random_ids(8, torch.Generator().manual_seed(0))
+    v, logit = model(ids)
+    assert v.shape == (8, model.representation_dim) == (8, NUM_FIELDS * 8 + 16) and logit.shape == (8,)
+    F.binary_cross_entropy_with_logits(logit, torch.rand(8)).backward()
+    for name in ("u", "v", "c", "bias"):
+        assert getattr(cross, name).grad.abs().sum() > 0, name
+    assert all(g.weight.grad.abs().sum() > 0 for g in cross.gate)
+
+
+def test_dcn_mix_layer_matches_its_formula():
+    """One layer, written out expert by expert: x1 = Σ_i softmax(G x)_i · x0 ⊙ (U_i tanh(C_i tanh(V_iᵀ x)) + b) + x."""
+    from flip_ctr.models.id.dcnv2 import CrossNetMix
+
+    torch.manual_seed(0)
+    net = CrossNetMix(input_dim=6, num_layers=1, num_experts=2, low_rank=3)
+    with torch.no_grad():
+        net.bias.normal_()
+    x0 = torch.randn(4, 6)
+    expected = torch.zeros(4, 6)
+    gates = torch.softmax(x0 @ net.gate[0].weight.t(), dim=-1)
+    for b in range(4):
+        for i in range(2):
+            low = torch.tanh(net.v[0, i].t() @ x0[b])
+            low = torch.tanh(net.c[0, i] @ low)
+            expected[b] += gates[b, i] * x0[b] * (net.u[0, i] @ low + net.bias[0])
+    torch.testing.assert_close(net(x0), expected + x0)
+
+
+def test_dcn_mix_short_fit_lowers_loss():
+    torch.manual_seed(0)
+    model = small_model("dcnv2", cross_type="mix", num_cross_layers=2, linear_term=True)
+    ids, labels = synthetic_task()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    initial = F.binary_cross_entropy_with_logits(model(ids)[1], labels).item()
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(model(ids)[1], labels)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.7 * initial
+
+
+def test_unknown_cross_type_is_refused():
+    with pytest.raises(ValueError, match="cross_type"):
+        small_model("dcnv2", cross_type="lowrank")

@@ -312,8 +312,7 @@ def _fit(
         stage=stage.name,
         ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
         seed=cfg.seed,
-        **fitted,
-        **(record or {}),
+        **{**fitted, **(record or {})},  # the protocol's record wins (refit: the selection's val AUC)
     )
     if trainer.is_global_zero:
         # Atomic: skip_completed_stages reads a complete metrics.json as "this stage finished".
