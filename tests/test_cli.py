@@ -23,7 +23,7 @@ import fixtures_data as fx
 from test_datamodule import make_dm, write_ml100k_fixture
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("id_model", "ablation", "plm", "stage")
+GROUPS = ("id_model", "ablation", "plm", "stage", "protocol", "id_recipe")
 
 
 def options(group: str) -> list[str]:
@@ -50,7 +50,10 @@ def test_every_group_has_options():
 
     for group in GROUPS:
         assert options(group), group
-    assert set(options("id_model")) == set(ID_MODELS)  # every registered ID model is selectable
+    # every registered ID model is selectable under its own name; variants (dcnv2_mix) build a registered one
+    assert set(ID_MODELS) <= set(options("id_model"))
+    for option in options("id_model"):
+        assert OmegaConf.to_container(compose_cfg("train", [f"id_model={option}"]).id_model)["name"] in ID_MODELS, option
 
 
 def option_rows() -> list[dict[str, str]]:
@@ -78,7 +81,13 @@ def test_compose_every_option(config, row, tmp_path):
     overrides = [f"{stage_key if g == 'stage' else g}={o}" for g, o in row.items()]
     cfg = compose_cfg(config, overrides, tmp_path)
     for group, option in row.items():
+        if group == "id_recipe":  # a global package: it names itself
+            assert cfg.id_recipe_name == option
+            continue
         chosen = cfg.stages.scratch if (config == "pipeline" and group == "stage") else cfg[group]
+        if group == "id_model" and option == "dcnv2_mix":  # a variant: builds DCNv2 with the mixture cross net
+            assert chosen.name == "dcnv2" and chosen.cross_type == "mix"
+            continue
         assert chosen.name == option, (group, option)
     assert cfg.paths.output_dir == str(tmp_path)
     # the pieces the chosen options feed are usable

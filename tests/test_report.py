@@ -24,14 +24,15 @@ STAGE_NAMES = {"scratch": "ctr", "finetune_id": "finetune_id", "finetune_plm": "
 
 def write_pipeline_stage(root: Path, run: str, strategy: str, *, seed: int, auc: float, logloss: float = 0.4,
                          dataset: str = "ml1m", id_model: str = "dcnv2", plm: str = "tinybert",
-                         ablation: str = "full",
+                         ablation: str = "full", protocol: str | None = None,
                          text: float = 0.15, tab: float = 0.15, tau: float = 0.7, lr: float = 1e-3) -> Path:
     stage_dir = root / run / strategy
     stage_dir.mkdir(parents=True)
     stage = STAGE_NAMES[strategy]
     (stage_dir / "metrics.json").write_text(json.dumps({
         "auc": auc, "logloss": logloss, "num_test_rows": 100, "dataset": dataset, "id_model": id_model, "plm": plm,
-        "stage": stage, "ablation": ablation, "seed": seed, "fit_seconds": 1.0}))
+        "stage": stage, "ablation": ablation, "seed": seed, "fit_seconds": 1.0,
+        **({"protocol": protocol} if protocol else {})}))
     lr_key = "lr_plm" if strategy == "finetune_plm" else "lr_id" if strategy == "finetune_joint" else "lr"
     cfg = {"seed": seed, "ablation": {"name": ablation, "text_mask_ratio": text, "tab_mask_ratio": tab, "temperature": tau},
            "stages": {s: {"name": n, ("lr_plm" if s == "finetune_plm" else "lr_id" if s == "finetune_joint" else "lr"): 9.0}
@@ -143,7 +144,7 @@ def test_plms_table_puts_the_scratch_baseline_first(pipelines):
     _, markdown = report.build_table(report.collect([pipelines]), "plms")
     rows = rows_of(markdown)
     assert [(r[1], r[2]) for r in rows] == [("dcnv2", "(from scratch)"), ("roberta_base", "FLIP_ID"), ("tinybert", "FLIP_ID")]
-    assert rows[0][-1] == "3"  # deduplicated scratch runs
+    assert rows[0][-2] == "3"  # deduplicated scratch runs
     expected = 100 * (statistics.mean(FLIP_ID) + 0.001 - statistics.mean(SCRATCH)) / statistics.mean(SCRATCH)
     assert rows[1][5] == f"{expected:+.2f}%"
 
@@ -237,3 +238,37 @@ def test_unknown_table_is_refused(tmp_path):
     write_train_job(tmp_path, 0, seed=1, auc=0.8)
     with pytest.raises(SystemExit):
         report.main([str(tmp_path), "--table", "nope"])
+
+
+def test_every_row_names_its_protocol_and_compares_only_within_it(tmp_path, capsys):
+    """A test-selected (paper) number next to an honest one: each row says which it is, and a
+    paper-protocol FLIP_ID is compared with the paper-protocol scratch model, never the refit one."""
+    paper, refit = "paper (selected on test)", "refit (epochs chosen on validation, retrained on the whole training part)"
+    for seed in (1, 2, 3):
+        write_pipeline_stage(tmp_path, f"p{seed}", "scratch", seed=seed, auc=0.85 + 0.001 * seed, protocol=paper)
+        write_pipeline_stage(tmp_path, f"p{seed}", "finetune_id", seed=seed, auc=0.86 + 0.002 * seed, protocol=paper)
+        write_pipeline_stage(tmp_path, f"r{seed}", "scratch", seed=seed, auc=0.80 + 0.003 * seed, protocol=refit)
+        write_pipeline_stage(tmp_path, f"r{seed}", "finetune_id", seed=seed, auc=0.81 - 0.001 * seed, protocol=refit)
+    frame = report.collect([tmp_path])
+    long, markdown = report.build_table(frame, "overall", baseline="dcnv2")
+    rows = rows_of(markdown)
+    assert markdown.splitlines()[0].rstrip(" |").endswith("protocol")
+    assert sorted((r[0], r[-1]) for r in rows) == sorted(
+        [("dcnv2", paper), ("FLIP_ID", paper), ("dcnv2", refit), ("FLIP_ID", refit)]
+    )
+    flip_paper = long.filter((pl.col("model") == "FLIP_ID") & (pl.col("protocol") == paper)).row(0, named=True)
+    scratch_paper = [0.851, 0.852, 0.853]
+    flip_paper_aucs = [0.862, 0.864, 0.866]
+    base = statistics.mean(scratch_paper)
+    assert flip_paper["auc_rel_impr_pct"] == pytest.approx(100 * (statistics.mean(flip_paper_aucs) - base) / base)
+    assert flip_paper["p_paired_t"] == pytest.approx(ttest_p(flip_paper_aucs, scratch_paper))
+    # the default summary table: one row per (model, protocol), the protocol in its last column
+    report.main([str(tmp_path), "--baseline", "dcnv2"])
+    summary = rows_of(capsys.readouterr().out)
+    assert sorted((r[1], r[-1]) for r in summary) == sorted(
+        [("dcnv2", paper), ("FLIP_ID", paper), ("dcnv2", refit), ("FLIP_ID", refit)]
+    )
+    refit_flip = next(r for r in summary if r[1] == "FLIP_ID" and r[-1] == refit)
+    refit_scratch = [0.803, 0.806, 0.809]
+    refit_aucs = [0.809, 0.808, 0.807]
+    assert refit_flip[6] == f"{100 * (statistics.mean(refit_aucs) - statistics.mean(refit_scratch)) / statistics.mean(refit_scratch):+.2f}%"

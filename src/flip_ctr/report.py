@@ -68,6 +68,7 @@ SWEEPS = {
 }
 TABLES = ("summary", "overall", "backbones", "plms", "ablations", *SWEEPS)
 HPARAM_COLUMNS = ("text_mask_ratio", "tab_mask_ratio", "temperature", "lr")
+HOLDOUT_LABEL = "holdout (fit on train minus validation, selected on validation)"
 
 
 # ----------------------------------------------------------------------------- collecting runs
@@ -115,7 +116,10 @@ def collect(dirs: list[Path]) -> pl.DataFrame:
             rows.append(
                 {
                     "dataset": m.get("dataset"),
-                    "model": m.get("id_model") if scratch else STRATEGY_LABELS.get(stage, stage),
+                    "model": (m.get("id_variant") or m.get("id_model")) if scratch else STRATEGY_LABELS.get(stage, stage),
+                    # runs from before protocols were recorded all used the holdout protocol
+                    "protocol": m.get("protocol") or HOLDOUT_LABEL,
+                    "recipe": m.get("id_recipe") or "ours",
                     "id_model": m.get("id_model"),
                     "stage": stage,
                     "ablation": "-" if scratch else m.get("ablation"),
@@ -138,7 +142,7 @@ def collect(dirs: list[Path]) -> pl.DataFrame:
     # The same configuration, seed and metrics found twice is one run counted twice: the scratch
     # stage of pipelines that differ only in PLM/alignment settings, or the default point of a
     # mask-ratio grid and of a τ sweep.
-    dup_keys = ["dataset", "strategy", "id_model", "plm", "ablation", "seed", *HPARAM_COLUMNS, "auc", "logloss"]
+    dup_keys = ["dataset", "strategy", "id_model", "plm", "ablation", "protocol", "recipe", "seed", *HPARAM_COLUMNS, "auc", "logloss"]
     return frame.unique(subset=dup_keys, keep="first").sort("_row").drop("_row")
 
 
@@ -221,9 +225,16 @@ def _matches(row: dict, label: str) -> bool:
     return label in {str(n) for n in names if n is not None}
 
 
-def _find_baseline(groups: dict[tuple, Group], keys: list[str], row: dict, label: str, same: tuple[str, ...]) -> Group | None:
-    """The group whose runs match ``label``, on the row's dataset; prefers equal ``same`` fields."""
-    candidates = [g for g in groups.values() if g.rows[0]["dataset"] == row["dataset"] and _matches(g.rows[0], label)]
+def _find_baseline(
+    groups: dict[tuple, Group], keys: list[str], row: dict, label: str, same: tuple[str, ...], required: tuple[str, ...] = ()
+) -> Group | None:
+    """The group whose runs match ``label``, on the row's dataset and with equal ``required``
+    fields; prefers equal ``same`` fields."""
+    candidates = [
+        g for g in groups.values()
+        if g.rows[0]["dataset"] == row["dataset"] and _matches(g.rows[0], label)
+        and all(g.rows[0].get(f) == row.get(f) for f in required)
+    ]
     for field in same:
         narrowed = [g for g in candidates if g.rows[0].get(field) == row.get(field)]
         if narrowed:
@@ -244,7 +255,7 @@ def _seed_statistics() -> list[pl.Expr]:
 
 
 def summarize(frame: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
-    keys = ["dataset", "model", "ablation"]
+    keys = ["dataset", "model", "recipe", "ablation", "protocol"]
     summary = (
         frame.group_by(keys, maintain_order=True)
         .agg(*_seed_statistics())
@@ -255,8 +266,9 @@ def summarize(frame: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
     groups = _groups(frame, keys)
     improvements, pvalues = [], []
     for r in summary.iter_rows(named=True):
-        mine = groups[(r["dataset"], r["model"], r["ablation"])]
-        base = _find_baseline(groups, keys, mine.rows[0], baseline, ("id_model",))
+        mine = groups[tuple(r[k] for k in keys)]
+        # never compare across protocols: a test-selected number is not comparable to an honest one
+        base = _find_baseline(groups, keys, mine.rows[0], baseline, ("protocol", "id_model"), required=("protocol",))
         cmp = mine.compare(base)
         improvements.append(cmp["auc_rel_impr_pct"])
         pvalues.append(cmp["p_paired_t"])
@@ -268,6 +280,7 @@ def summarize(frame: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
 def to_markdown(summary: pl.DataFrame) -> str:
     has_test = "p_paired_t" in summary.columns
     header = "| dataset | model | ablation | seeds | AUC | Logloss |" + (" AUC rel. impr. | paired t-test p |" if has_test else "")
+    header += " ID recipe | protocol |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in summary.iter_rows(named=True):
         line = (
@@ -278,7 +291,7 @@ def to_markdown(summary: pl.DataFrame) -> str:
             impr = "-" if r["auc_rel_impr_pct"] is None else f"{r['auc_rel_impr_pct']:+.2f}%"
             p = "-" if r["p_paired_t"] is None or math.isnan(r["p_paired_t"]) else f"{r['p_paired_t']:.3g}"
             line += f" {impr} | {p} |"
-        lines.append(line)
+        lines.append(line + f" {r['recipe']} | {r['protocol']} |")
     return "\n".join(lines)
 
 
@@ -418,8 +431,12 @@ def sweep_points(frame: pl.DataFrame, param: str) -> pl.DataFrame:
 
 
 def build_table(frame: pl.DataFrame, name: str, baseline: str | None = None, alpha: float = 0.05) -> tuple[pl.DataFrame, str]:
-    """A paper-shaped table: (long-format frame, one row per row label and dataset; Markdown)."""
-    labels, rows = _table_rows(frame, name, baseline)
+    """A paper-shaped table: (long-format frame, one row per row label and dataset; Markdown).
+    Each protocol gets its own rows (first column), compared only with baselines of the same protocol."""
+    labels, rows = [], []
+    for part in frame.partition_by("protocol", maintain_order=True):
+        labels, part_rows = _table_rows(part, name, baseline)
+        rows += [{**r, "protocol": part["protocol"][0]} for r in part_rows]
     for r in rows:
         r.pop("_order")
         p = r["p_paired_t"]
@@ -448,13 +465,13 @@ def _markdown(labels: list[str], rows: list[dict], wide: bool, with_val: bool = 
         datasets = list(dict.fromkeys(r["dataset"] for r in rows))
         by_label: dict[tuple, dict[str, dict]] = {}
         for r in rows:
-            by_label.setdefault(tuple(r[c] for c in labels), {})[r["dataset"]] = r
-        header = [*labels, *[f"{d} {m}" for d in datasets for m in metrics]]
-        body = [[*map(str, key), *[c for d in datasets for c in (_cells(cells[d]) if d in cells else ["-"] * len(metrics))]]
+            by_label.setdefault((*(r[c] for c in labels), r["protocol"]), {})[r["dataset"]] = r
+        header = [*labels, *[f"{d} {m}" for d in datasets for m in metrics], "protocol"]
+        body = [[*map(str, key[:-1]), *[c for d in datasets for c in (_cells(cells[d]) if d in cells else ["-"] * len(metrics))], key[-1]]
                 for key, cells in by_label.items()]
     else:
-        header = [*labels, *metrics]
-        body = [[*(str(r[c]) for c in labels), *_cells(r, with_val)] for r in rows]
+        header = [*labels, *metrics, "protocol"]
+        body = [[*(str(r[c]) for c in labels), *_cells(r, with_val), r["protocol"]] for r in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines)

@@ -308,6 +308,8 @@ def _fit(
     metrics.update(
         dataset=cfg.data.dataset,
         id_model=cfg.id_model.get("name"),
+        id_variant=_id_variant(cfg),
+        id_recipe=cfg.get("id_recipe_name"),
         plm=cfg.plm.get("name") if "plm" in cfg else None,
         stage=stage.name,
         ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
@@ -320,6 +322,12 @@ def _fit(
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
+
+
+def _id_variant(cfg: DictConfig) -> str:
+    """The ID model as results tables name it: its registry name, ``dcnv2_mix`` for DCN-Mix."""
+    name = cfg.id_model.get("name")
+    return f"{name}_mix" if cfg.id_model.get("cross_type") == "mix" else name
 
 
 def _stage_epochs(cfg: DictConfig, stage: DictConfig) -> int:
