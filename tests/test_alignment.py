@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -325,40 +326,55 @@ def test_mtm_attention_ignores_padding():
     assert torch.allclose(l1, l2)
 
 
-def test_mtm_loss_matches_eq10_by_hand():
-    head = mtm_head(remove_accidental_hits=False, num_noise=4)
-    g = torch.Generator().manual_seed(0)
+def mtm_inputs(seed: int = 0):
+    """(v̂, w, attention mask, masked fields, target ids) for mtm_head(): 2 rows, 3 masked pairs."""
+    g = torch.Generator().manual_seed(seed)
     v_hat = torch.randn(2, 6, generator=g)
     w = torch.randn(2, 5, 16, generator=g)
     att = torch.ones(2, 5, dtype=torch.long)
     masked = torch.tensor([[True, False, True], [False, True, False]])
     targets = torch.tensor([[0, 5, 12], [1, 9, 19]])
-    loss, acc = head.loss(v_hat, w, att, masked, targets, generator=torch.Generator().manual_seed(7))
-    # replay the same noise draws
-    pairs = masked.nonzero().tolist()
-    noise = head.sample_noise(torch.tensor([f for _, f in pairs]), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        h = head.field_hidden(head.attend(v_hat, w, att))
-    emb, bias = head.output_embedding.weight.detach(), head.output_bias.detach()
+    return v_hat, w, att, masked, targets
 
-    def sig(x):
-        return 1.0 / (1.0 + math.exp(-x))
+
+def mtm_loss_and_replay(head: MTMHead, inputs: tuple, noise_seed: int) -> SimpleNamespace:
+    """The head's (loss, accuracy) plus what a by-hand check needs: the masked (sample, field)
+    pairs, the same noise draws replayed, the hidden vectors h, the output embedding and bias."""
+    v_hat, w, att, masked, targets = inputs
+    loss, acc = head.loss(v_hat, w, att, masked, targets, generator=torch.Generator().manual_seed(noise_seed))
+    pairs = masked.nonzero().tolist()
+    noise = head.sample_noise(torch.tensor([f for _, f in pairs]), generator=torch.Generator().manual_seed(noise_seed))
+    with torch.no_grad():
+        h = head.field_hidden(head.predictor_input_of(v_hat, w, att))
+    return SimpleNamespace(loss=loss.item(), accuracy=float(acc), pairs=pairs, noise=noise.tolist(), h=h, targets=targets,
+                           emb=head.output_embedding.weight.detach(), bias=head.output_bias.detach())
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def mean_of_sample_means(per_sample: dict[int, list[float]]) -> float:
+    return sum(sum(v) / len(v) for v in per_sample.values()) / len(per_sample)
+
+
+def test_mtm_loss_matches_eq10_by_hand():
+    head = mtm_head(remove_accidental_hits=False, num_noise=4)
+    r = mtm_loss_and_replay(head, mtm_inputs(), noise_seed=7)
+
+    def score(i: int, f: int, x: int) -> float:
+        return float(r.h[i, f] @ r.emb[x] + r.bias[x])
 
     per_sample: dict[int, list[float]] = {}
     correct = 0
-    for row, (i, f) in enumerate(pairs):
-        c_pos = float(h[i, f] @ emb[targets[i, f]] + bias[targets[i, f]])
-        terms = math.log(sig(c_pos))
-        noise_scores = []
-        for j in noise[row].tolist():
-            c = float(h[i, f] @ emb[j] + bias[j])
-            noise_scores.append(c)
-            terms += math.log(1.0 - sig(c))
+    for row, (i, f) in enumerate(r.pairs):
+        c_pos = score(i, f, int(r.targets[i, f]))
+        noise_scores = [score(i, f, x) for x in r.noise[row]]
+        terms = math.log(sigmoid(c_pos)) + sum(math.log(1.0 - sigmoid(c)) for c in noise_scores)
         per_sample.setdefault(i, []).append(-terms)
         correct += c_pos > max(noise_scores)
-    expected = sum(sum(v) / len(v) for v in per_sample.values()) / len(per_sample)
-    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
-    assert math.isclose(float(acc), correct / len(pairs), rel_tol=1e-6)
+    assert math.isclose(r.loss, mean_of_sample_means(per_sample), rel_tol=1e-5)
+    assert math.isclose(r.accuracy, correct / len(r.pairs), rel_tol=1e-6)
 
 
 def test_mtm_accidental_hits_are_dropped():
@@ -400,7 +416,7 @@ def test_mtm_rejects_mask_id_as_target():
 
 # ---------------------------------------------------------------------------------- ICL
 def _identity_icl(**kw) -> ICLHead:
-    head = ICLHead(text_dim=2, id_dim=2, proj_dim=2, **kw)
+    head = ICLHead(text_dim=2, id_dim=2, proj_dim=2, projection="l2", **kw)
     with torch.no_grad():
         for lin in (head.text_proj, head.tab_proj):
             lin.weight.copy_(torch.eye(2))
@@ -408,7 +424,7 @@ def _identity_icl(**kw) -> ICLHead:
     return head
 
 
-def _infonce_by_hand(text, tab, tau, normalize):
+def infonce_by_hand(text, tab, tau, normalize):
     def norm(x):
         n = math.sqrt(sum(c * c for c in x))
         return [c / n for c in x] if normalize else list(x)
@@ -429,14 +445,13 @@ def _infonce_by_hand(text, tab, tau, normalize):
     return 0.5 * (direction(zt, zb) + direction(zb, zt))
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_infonce_matches_hand_computation(normalize):
+def test_infonce_matches_hand_computation():
     text = [[1.0, 0.5], [-0.3, 2.0], [0.7, -1.2]]
     tab = [[0.9, 0.1], [0.2, 1.5], [-1.0, -0.4]]
-    head = _identity_icl(temperature=0.7, normalize=normalize)
+    head = _identity_icl(temperature=0.7)  # projection="l2": cosine similarities
     loss = head(torch.tensor(text), torch.tensor(tab))
-    assert math.isclose(loss.item(), _infonce_by_hand(text, tab, 0.7, normalize), rel_tol=1e-5)
-    head_t = _identity_icl(temperature=0.1, normalize=normalize)
+    assert math.isclose(loss.item(), infonce_by_hand(text, tab, 0.7, normalize=True), rel_tol=1e-5)
+    head_t = _identity_icl(temperature=0.1)
     assert not math.isclose(head_t(torch.tensor(text), torch.tensor(tab)).item(), loss.item(), rel_tol=1e-3)
 
 

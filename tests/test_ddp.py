@@ -113,6 +113,8 @@ def ddp_run(tmp_path_factory):
         "stages.finetune_id.max_epochs=1",
         "ablation.head_hidden_dim=32",
         "ablation.icl_dim=16",
+        # one Linear per tower, no dropout: the probe's training-mode ICL loss can be recomputed exactly
+        "ablation.icl_projection=l2",
         "logger=csv",
         "num_threads=1",
         "trainer=ddp",

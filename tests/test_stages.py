@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from flip_ctr.data.datamodule import BatchBuilder
+from flip_ctr.analysis import icl_head_from
 from flip_ctr.data.masking import num_masked
 from flip_ctr.models.id import build_id_model
 from flip_ctr.models.plm import PLMEncoder
-from flip_ctr.stages.checkpoints import load_aligned_plm, load_id_model
+from flip_ctr.stages.checkpoints import load_aligned_plm, load_heads, load_id_model
 from flip_ctr.stages.finetune import FinetuneJointModule, FinetunePLMModule
 from flip_ctr.stages.finetune_id import FinetuneIDModule
 from flip_ctr.stages.pretrain import AlignmentConfig, AlignmentPretrainModule
@@ -268,6 +269,28 @@ def aligned(dm, tmp_path_factory):
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 2
     return module, initial, save_dir
+
+
+REFERENCE_SWITCHES = {"icl_projection": "layernorm", "noise_scope": "global", "nce": "corrected", "mtm_input": "masked_and_attended"}
+OUR_SWITCHES = {"icl_projection": "l2", "noise_scope": "field", "nce": "negative_sampling", "mtm_input": "attended"}
+
+
+@pytest.mark.parametrize("switches", [REFERENCE_SWITCHES, OUR_SWITCHES], ids=["reference", "ours"])
+def test_alignment_switches_train_a_step_and_their_heads_round_trip(switches, dm, batch, tmp_path):
+    module = pretrain_module(dm, switches, save_dir=str(tmp_path), lr=1e-3)
+    icl_before = {k: v.clone() for k, v in module.icl.state_dict().items()}
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path / "run"))
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 1 and torch.isfinite(trainer.callback_metrics["pretrain/loss"])
+    assert any(not torch.equal(v, icl_before[k]) for k, v in module.icl.state_dict().items()), "ICL head not trained"
+    heads = load_heads(tmp_path)
+    assert {k: heads["config"][k] for k in switches} == switches
+    # the analyses rebuild the ICL head from the saved config: same weights, same projections
+    icl = icl_head_from(heads, text_dim=module.plm.hidden_size, id_dim=module.id_model.representation_dim).eval()
+    cls_state, v = torch.randn(3, module.plm.hidden_size), torch.randn(3, module.id_model.representation_dim)
+    for rebuilt, trained in zip(icl.project(cls_state, v), module.icl.eval().project(cls_state, v)):
+        assert torch.allclose(rebuilt, trained)
 
 
 def test_checkpoint_round_trip(aligned, dm):

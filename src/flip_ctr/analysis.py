@@ -48,6 +48,22 @@ def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: 
     return (z_text @ z_tab.T).numpy()
 
 
+def icl_head_from(heads: dict, text_dim: int, id_dim: int):
+    """The pretraining run's ICL head, rebuilt from its saved heads file (:func:`load_heads`)."""
+    from flip_ctr.models.alignment import ICLHead
+
+    config = heads["config"]
+    icl = ICLHead(
+        text_dim=text_dim,
+        id_dim=id_dim,
+        proj_dim=config["icl_dim"],
+        temperature=config["temperature"],
+        projection=config.get("icl_projection", "l2"),  # runs saved before the switch existed used l2
+    )
+    icl.load_state_dict(heads["heads"]["icl"])
+    return icl
+
+
 def _write_csv(path: Path, array: np.ndarray, header: list[str]) -> None:
     np.savetxt(path, array, delimiter=",", header=",".join(header), comments="", fmt="%.6g")
 
@@ -83,7 +99,6 @@ def analyze(run_dir: Path, row: int = 0) -> Path:
     import hydra
     from omegaconf import OmegaConf
 
-    from flip_ctr.models.alignment import ICLHead
     from flip_ctr.stages.checkpoints import load_aligned_plm, load_heads, load_id_model
 
     aligned = run_dir / "pretrain" / "aligned"
@@ -102,9 +117,7 @@ def analyze(run_dir: Path, row: int = 0) -> Path:
     datamodule.setup()
     if "icl" in heads["heads"]:
         plm = load_aligned_plm(aligned).eval()
-        config = heads["config"]
-        icl = ICLHead(text_dim=plm.hidden_size, id_dim=id_model.representation_dim, proj_dim=config["icl_dim"], temperature=config["temperature"])
-        icl.load_state_dict(heads["heads"]["icl"])
+        icl = icl_head_from(heads, text_dim=plm.hidden_size, id_dim=id_model.representation_dim)
         batch = next(iter(datamodule.test_dataloader()))
         heatmap = alignment_heatmap(id_model, plm, icl.eval(), batch, row, plm.mask_token_id)
         _write_csv(out / "alignment_heatmap.csv", heatmap, datamodule.space.schema.field_names)

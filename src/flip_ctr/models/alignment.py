@@ -8,6 +8,11 @@ the ID model's representations of the original / masked tabular row ``[B, D_tab]
 - :class:`MTMHead`  – joint reconstruction for masked tabular modeling with NCE (Eqs. 7-10).
 - :class:`ICLHead`  – instance-level contrastive learning, symmetric InfoNCE (Eqs. 11-13).
 
+Where the paper is ambiguous or the authors' reference code departs from it, the head has a
+named switch (``ICLHead.projection``; ``MTMHead.predictor_input``, ``noise_scope``,
+``remove_accidental_hits``, ``nce``). The constructors default to this project's original
+choices; the method's defaults live in ``conf/ablation/full.yaml`` / ``AlignmentConfig``.
+
 The MLM and MTM losses are per-sample means over that sample's masked items, averaged over
 the batch, i.e. the ``1/B Σ_i (L_i^MLM + L_i^MTM)`` of Eq. 14. Samples that happen to have
 no masked item (e.g. a masked field whose value tokenizes to nothing) are left out of the
@@ -24,7 +29,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLMHead", "MTMHead", "ICLHead", "per_sample_mean"]
+__all__ = [
+    "MLMHead",
+    "MTMHead",
+    "ICLHead",
+    "ResidualLayerNormProjection",
+    "per_sample_mean",
+    "check_choice",
+    "ICL_PROJECTIONS",
+    "NOISE_SCOPES",
+    "NCE_LOSSES",
+    "MTM_INPUTS",
+]
+
+# The allowed values of the switches where the paper, its reference code and this project differ
+# (each is documented where it is used and in conf/ablation/full.yaml).
+ICL_PROJECTIONS = ("layernorm", "l2")
+NOISE_SCOPES = ("global", "field")
+NCE_LOSSES = ("corrected", "negative_sampling")
+MTM_INPUTS = ("attended", "masked_and_attended")
+
+# Noise probabilities are floored here before their log is taken (a feature never drawn as noise,
+# e.g. one unseen in training, would otherwise give log 0 = -inf in the NCE correction).
+MIN_NOISE_PROB = 1e-10
+
+
+def check_choice(key: str, value: object, allowed: Sequence[str]) -> None:
+    """A ``ValueError`` naming ``key`` and the allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
 
 
 def per_sample_mean(values: torch.Tensor, sample_index: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -110,30 +143,47 @@ class MTMHead(nn.Module):
        trainable ``Q ∈ R^{D_tab × D_text}``, over the UNMASKED text states ``w_i``; padded
        positions (``attention_mask == 0``) get exactly zero weight.
     2. Per-field MLPs (Eq. 8): for each field ``f`` an independent two-layer MLP
-       ``g_ID^(f)`` maps ``u_i`` (or ``v̂_i`` alone when ``joint=False``, the "w/o joint
-       reconstruction" ablation) to a hidden vector ``h_{i,f}``. The paper's M-way output
-       layer is factorised as ``c_{i,f,j} = h_{i,f} · E_out[j] + b[j]`` with an output
+       ``g_ID^(f)`` maps the predictor input to a hidden vector ``h_{i,f}``. The paper's M-way
+       output layer is factorised as ``s_{i,f}(x) = h_{i,f} · E_out[x] + b[x]`` with an output
        feature-embedding table ``E_out [num_features, hidden_dim]``: only the rows of the
        true and noise features are ever gathered, never a softmax over all M features.
     3. NCE (Eq. 10): per masked ``(i, f)`` the true feature against ``K`` noise features drawn
-       with ``torch.multinomial`` from the training-set feature frequencies;
-       ``L_i = -1/|I_tab| Σ_f [log σ(c_pos) + Σ_k log(1 − σ(c_k))]``, averaged over the batch.
+       with ``torch.multinomial`` from the training-set feature frequencies, binary
+       cross-entropy summed over the 1 + K candidates (true → 1, noise → 0), per-sample mean
+       over masked fields, then batch mean.
 
-    Noise scope (a deliberate, documented deviation; the paper samples "from the entire
-    feature space"): with ``noise_scope="field"`` (default) the noise for field ``f`` is drawn
-    only from field ``f``'s id range ``[field_offsets[f], field_offsets[f+1])``, with
-    probabilities proportional to those features' frequencies. Sampling across fields would
-    make the task trivially easy — a gender-field head could reject "noise" that is a movie
-    id on the field alone. ``noise_scope="global"`` reproduces the paper's literal wording.
+    Switches (where the paper, the authors' reference code and this project differ):
 
-    ``remove_accidental_hits`` (default True): noise draws equal to the true feature (frequent
-    in small fields such as gender) are dropped from the loss and from the accuracy instead of
-    being labelled 0 against themselves.
+    - ``predictor_input`` — what the per-field MLPs read. ``"attended"``: ``u`` alone, as the
+      paper's Eq. 8 writes it. ``"masked_and_attended"``: ``[v̂ ; u]``, the reference's choice,
+      which also gives the masked ID representation a direct path into the loss (with
+      ``"attended"`` v̂ reaches the loss only through the attention query). ``joint=False``
+      (the "w/o joint reconstruction" ablation) reads ``v̂`` alone whatever this says.
+    - ``noise_scope`` — ``"global"``: noise drawn from all features at their training
+      frequencies (the paper: "from the entire feature space"; also the reference).
+      ``"field"``: noise for field ``f`` drawn only from field ``f``'s id range
+      ``[field_offsets[f], field_offsets[f+1])`` at those features' frequencies (ours: global
+      noise is easy to reject, a gender head can refuse a movie id on the field alone).
+    - ``remove_accidental_hits`` — noise draws equal to the true feature (frequent in small
+      fields such as gender) are dropped from the loss and the accuracy instead of being
+      labelled 0 against themselves. ``None`` follows the scope: on for ``"field"`` (ours),
+      off for ``"global"`` (the reference removes none).
+    - ``nce`` — the binary classifier's logit. ``"negative_sampling"``: the raw score
+      ``s(x)`` (word2vec-style negative sampling; ours). ``"corrected"``: true NCE as in the
+      reference, ``s(x) − log M − log(K·q(x))``, where ``q`` is the distribution the noise is
+      drawn from (the field's or the global one, after ``noise_power``), ``K = num_noise`` and
+      ``log M`` (``M = num_features``) is a fixed normaliser, so ``s(x) − log M`` is the model's
+      log-probability of ``x`` (self-normalised NCE). The output bias then starts at
+      ``log q(x) + log M``: at initialisation the model's distribution equals the noise
+      distribution and every candidate's corrected logit is ``−log K`` (probability
+      ``1/(1+K)`` of being the true one, the prior), so the loss starts balanced instead of
+      having to learn the frequencies first. (Without the ``− log M`` the corrected logits
+      would start at ``log(M/K)``, ≈ +6.5 on ML-1M, and every noise term would be saturated.)
 
     The noise distribution never puts mass on the ``<MASK>`` id (it is id ``num_features``,
     outside the table) nor on ``exclude_ids`` (e.g. a padding id). ``noise_power`` raises
     frequencies to a power (1.0 = the paper's frequency distribution; 0.75 = word2vec style).
-    A field whose frequencies are all zero falls back to uniform over its non-excluded ids.
+    A range whose frequencies are all zero falls back to uniform over its non-excluded ids.
     """
 
     def __init__(
@@ -148,40 +198,39 @@ class MTMHead(nn.Module):
         noise_scope: str = "field",
         noise_power: float = 1.0,
         exclude_ids: Sequence[int] = (),
-        remove_accidental_hits: bool = True,
+        remove_accidental_hits: bool | None = None,
+        nce: str = "negative_sampling",
+        predictor_input: str = "attended",
     ):
         super().__init__()
         offsets = [int(o) for o in field_offsets]
         if len(offsets) < 2 or offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:])):
             raise ValueError(f"field_offsets must start at 0 and strictly increase, got {offsets}")
-        freqs = torch.as_tensor(feature_frequencies, dtype=torch.float64).flatten()
-        num_features = offsets[-1]
-        if freqs.numel() != num_features:
-            raise ValueError(
-                f"feature_frequencies has {freqs.numel()} entries but field_offsets[-1] = {num_features} "
-                "(one count per real feature; the <MASK> id must not be included)"
-            )
-        if (freqs < 0).any() or not torch.isfinite(freqs).all():
-            raise ValueError("feature_frequencies must be finite and non-negative")
-        if noise_scope not in ("field", "global"):
-            raise ValueError(f"noise_scope must be 'field' or 'global', got {noise_scope!r}")
+        freqs = _checked_frequencies(feature_frequencies, offsets[-1])
+        check_choice("noise_scope", noise_scope, NOISE_SCOPES)
+        check_choice("nce", nce, NCE_LOSSES)
+        check_choice("predictor_input", predictor_input, MTM_INPUTS)
         if num_noise < 1:
             raise ValueError(f"num_noise must be >= 1, got {num_noise}")
 
         self.text_dim, self.id_dim, self.hidden_dim = text_dim, id_dim, hidden_dim
         self.num_fields = len(offsets) - 1
-        self.num_features = num_features
+        self.num_features = num_features = offsets[-1]
         self.field_offsets = offsets
         self.num_noise = num_noise
         self.joint = joint
         self.noise_scope = noise_scope
-        self.remove_accidental_hits = remove_accidental_hits
+        self.remove_accidental_hits = noise_scope == "field" if remove_accidental_hits is None else bool(remove_accidental_hits)
+        self.nce = nce
+        self.predictor_input = predictor_input
+        # The fixed normaliser log M of corrected NCE (see the class docstring).
+        self.log_normaliser = math.log(num_features)
 
         # Eq. 7 cross-attention matrix.
         self.query = nn.Parameter(torch.empty(id_dim, text_dim))
         nn.init.xavier_uniform_(self.query)
         # Eq. 8: F independent 2-layer MLPs, stored stacked (einsum over all fields at once).
-        in_dim = text_dim if joint else id_dim
+        in_dim = self._predictor_dim()
         self.mlp_w1 = nn.Parameter(torch.empty(self.num_fields, in_dim, hidden_dim))
         self.mlp_b1 = nn.Parameter(torch.zeros(self.num_fields, hidden_dim))
         self.mlp_w2 = nn.Parameter(torch.empty(self.num_fields, hidden_dim, hidden_dim))
@@ -189,30 +238,56 @@ class MTMHead(nn.Module):
         for w in (self.mlp_w1, self.mlp_w2):
             bound = 1.0 / math.sqrt(w.shape[1])
             nn.init.uniform_(w, -bound, bound)
+
+        # Noise weights: unnormalised, zero on excluded ids; multinomial normalises per range.
+        weights = self._noise_weights(freqs, noise_power, exclude_ids)
+        self.register_buffer("noise_weights", weights.float(), persistent=False)
+        log_q = self._log_noise_probabilities(weights)
+        self.register_buffer("noise_log_prob", log_q.float(), persistent=False)
+        field_of_feature = torch.repeat_interleave(
+            torch.arange(self.num_fields), torch.tensor([b - a for a, b in zip(offsets, offsets[1:])])
+        )
+        self.register_buffer("field_of_feature", field_of_feature, persistent=False)
+
         # Output layer rows (M-way layer of Eq. 8, factorised).
         self.output_embedding = nn.Embedding(num_features, hidden_dim)
         nn.init.normal_(self.output_embedding.weight, std=1.0 / math.sqrt(hidden_dim))
-        self.output_bias = nn.Parameter(torch.zeros(num_features))
+        initial_bias = log_q.float() + self.log_normaliser if nce == "corrected" else torch.zeros(num_features)
+        self.output_bias = nn.Parameter(initial_bias)
 
-        # Noise weights: unnormalised, zero on excluded ids; multinomial normalises.
+    # ------------------------------------------------------------------ construction
+    def _predictor_dim(self) -> int:
+        if not self.joint:
+            return self.id_dim
+        return self.text_dim if self.predictor_input == "attended" else self.id_dim + self.text_dim
+
+    def _noise_ranges(self) -> list[tuple[int, int]]:
+        """The id ranges noise is drawn from, each normalised on its own."""
+        if self.noise_scope == "global":
+            return [(0, self.num_features)]
+        return list(zip(self.field_offsets[:-1], self.field_offsets[1:]))
+
+    def _noise_weights(self, freqs: torch.Tensor, noise_power: float, exclude_ids: Sequence[int]) -> torch.Tensor:
         weights = freqs.pow(noise_power) if noise_power != 1.0 else freqs.clone()
-        excluded = torch.zeros(num_features, dtype=torch.bool)
+        excluded = torch.zeros(self.num_features, dtype=torch.bool)
         for i in exclude_ids:
-            if 0 <= int(i) < num_features:
+            if 0 <= int(i) < self.num_features:
                 excluded[int(i)] = True
         weights[excluded] = 0.0
-        ranges = [(0, num_features)] if noise_scope == "global" else list(zip(offsets[:-1], offsets[1:]))
-        for start, end in ranges:
+        for start, end in self._noise_ranges():
             if weights[start:end].sum() <= 0:
                 fallback = (~excluded[start:end]).double()
                 if fallback.sum() <= 0:
                     raise ValueError(f"feature range [{start}, {end}) has no feature left to sample noise from")
                 weights[start:end] = fallback
-        self.register_buffer("noise_weights", weights.float(), persistent=False)
-        field_of_feature = torch.repeat_interleave(
-            torch.arange(self.num_fields), torch.tensor([b - a for a, b in zip(offsets, offsets[1:])])
-        )
-        self.register_buffer("field_of_feature", field_of_feature, persistent=False)
+        return weights
+
+    def _log_noise_probabilities(self, weights: torch.Tensor) -> torch.Tensor:
+        """``log q(x)``: each feature's probability under the distribution its noise comes from."""
+        q = torch.empty_like(weights)
+        for start, end in self._noise_ranges():
+            q[start:end] = weights[start:end] / weights[start:end].sum()
+        return q.clamp(min=MIN_NOISE_PROB).log()
 
     # ------------------------------------------------------------------ pieces
     def attend(self, v_hat: torch.Tensor, text_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -224,6 +299,15 @@ class MTMHead(nn.Module):
         scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         attn = torch.softmax(scores, dim=-1)
         return torch.einsum("bl,bld->bd", attn.to(w.dtype), w)
+
+    def predictor_input_of(self, v_hat: torch.Tensor, text_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the per-field MLPs read: ``u`` or ``[v̂ ; u]`` (``predictor_input``), or ``v̂`` when not joint."""
+        if not self.joint:
+            return v_hat
+        u = self.attend(v_hat, text_states, attention_mask)
+        if self.predictor_input == "attended":
+            return u
+        return torch.cat([v_hat.to(u.dtype), u], dim=-1)
 
     def field_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 8 MLPs for every field at once: ``x`` [B, in] → ``h`` [B, F, hidden]."""
@@ -259,6 +343,14 @@ class MTMHead(nn.Module):
             out[rows] = draws.view(rows.numel(), k) + start
         return out
 
+    def classifier_logits(self, scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The logits of "is this candidate the true feature?" from the model's scores ``s(x)``:
+        ``s(x)`` for negative sampling, ``s(x) − log M − log(K·q(x))`` for corrected NCE."""
+        if self.nce == "negative_sampling":
+            return scores
+        num_noise = candidates.shape[1] - 1
+        return scores - self.log_normaliser - math.log(num_noise) - self.noise_log_prob[candidates]
+
     # ------------------------------------------------------------------ loss
     def loss(
         self,
@@ -274,16 +366,15 @@ class MTMHead(nn.Module):
         ``masked_v`` [B, D_tab] = v̂ (ID representation of the MASKED row), ``text_states``
         [B, L, D_text] = w (PLM states of the UNMASKED text), ``attention_mask`` [B, L],
         ``masked_fields`` [B, F] bool (I^tab), ``target_feature_ids`` [B, F] the original
-        feature ids. Accuracy (detached): fraction of masked (i, f) whose true feature scores
-        strictly above all its K noise features.
+        feature ids. Accuracy (detached): fraction of masked (i, f) whose true feature's score
+        ``s(x)`` is strictly above those of all its K noise features.
         """
         bsz = masked_v.shape[0]
         sample_idx, field_idx = masked_fields.nonzero(as_tuple=True)
         if sample_idx.numel() == 0:
             zero = _zero_loss(self, masked_v, text_states)
             return zero, torch.zeros((), device=masked_v.device)
-        x = self.attend(masked_v, text_states, attention_mask) if self.joint else masked_v
-        h_all = self.field_hidden(x)  # [B, F, hidden]
+        h_all = self.field_hidden(self.predictor_input_of(masked_v, text_states, attention_mask))  # [B, F, hidden]
         h = h_all[sample_idx, field_idx]  # [N, hidden]
         positives = target_feature_ids[sample_idx, field_idx].long()  # [N]
         if ((positives < 0) | (positives >= self.num_features)).any():
@@ -292,29 +383,63 @@ class MTMHead(nn.Module):
         candidates = torch.cat([positives.unsqueeze(1), noise], dim=1)  # [N, 1+K]
         emb = self.output_embedding(candidates)  # [N, 1+K, hidden]
         scores = torch.einsum("nh,nkh->nk", h.to(emb.dtype), emb).float() + self.output_bias[candidates].float()
-        pos_score, noise_score = scores[:, 0], scores[:, 1:]
+        logits = self.classifier_logits(scores, candidates)
         valid = torch.ones_like(noise, dtype=torch.bool)
         if self.remove_accidental_hits:
             valid = noise != positives.unsqueeze(1)
-        noise_term = (F.logsigmoid(-noise_score) * valid).sum(dim=1)
-        per_pair = -(F.logsigmoid(pos_score) + noise_term)
+        # BCE summed over the candidates: the true one labelled 1, the (valid) noise ones 0.
+        noise_term = (F.logsigmoid(-logits[:, 1:]) * valid).sum(dim=1)
+        per_pair = -(F.logsigmoid(logits[:, 0]) + noise_term)
         loss = per_sample_mean(per_pair, sample_idx, bsz)
         with torch.no_grad():
-            best_noise = noise_score.masked_fill(~valid, float("-inf")).max(dim=1).values
-            accuracy = (pos_score > best_noise).float().mean()
+            best_noise = scores[:, 1:].masked_fill(~valid, float("-inf")).max(dim=1).values
+            accuracy = (scores[:, 0] > best_noise).float().mean()
         return loss, accuracy
 
     forward = loss
 
 
+def _checked_frequencies(feature_frequencies: torch.Tensor, num_features: int) -> torch.Tensor:
+    freqs = torch.as_tensor(feature_frequencies, dtype=torch.float64).flatten()
+    if freqs.numel() != num_features:
+        raise ValueError(
+            f"feature_frequencies has {freqs.numel()} entries but field_offsets[-1] = {num_features} "
+            "(one count per real feature; the <MASK> id must not be included)"
+        )
+    if (freqs < 0).any() or not torch.isfinite(freqs).all():
+        raise ValueError("feature_frequencies must be finite and non-negative")
+    return freqs
+
+
+class ResidualLayerNormProjection(nn.Module):
+    """The reference's ICL projection head: ``LayerNorm(p + dropout(Linear(GELU(p))))`` with
+    ``p = Linear(x)``. Not L2-normalised, so dot products (and the ICL logits) are unbounded."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.2):
+        super().__init__()
+        self.projection = nn.Linear(in_dim, out_dim)
+        self.fc = nn.Linear(out_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.projection(x)
+        return self.norm(projected + self.dropout(self.fc(F.gelu(projected))))
+
+
 class ICLHead(nn.Module):
     """Instance-level contrastive learning (paper Eqs. 11-13).
 
-    ``z_text = norm(Linear_text(w_{i,1}))``, ``z_tab = norm(Linear_tab(v_i))`` in ``d = 128``
-    dimensions; the paper's "normalization layer" is implemented as L2 normalisation (so the
-    dot-product similarity is a cosine and τ keeps its usual meaning; ``normalize=False``
-    switches it off). Loss = ½ (InfoNCE text→tab + InfoNCE tab→text) with temperature τ
-    (default 0.7) and dot-product similarity.
+    ``z_text = norm(proj_text(w_{i,1}))``, ``z_tab = norm(proj_tab(v_i))`` in ``d = 128``
+    dimensions, then ½ (InfoNCE text→tab + InfoNCE tab→text) with temperature τ (default 0.7)
+    and dot-product similarity. The paper's "linear layers + normalization" is read in two
+    ways (``projection``):
+
+    - ``"l2"`` (ours): one Linear per tower, L2-normalised, so the similarity is a cosine and
+      the logits are bounded by ±1/τ (±1.43 at τ = 0.7).
+    - ``"layernorm"`` (the reference): :class:`ResidualLayerNormProjection` per tower
+      (Linear → GELU → Linear → dropout → residual → LayerNorm), no L2 normalisation: a
+      LayerNorm output of dimension d has norm ≈ √d, so logits are O(d/τ), far sharper.
 
     Distributed: when ``torch.distributed`` is initialised with world size > 1, both
     projections are all-gathered from every process with an autograd-aware all-gather
@@ -331,24 +456,30 @@ class ICLHead(nn.Module):
         id_dim: int,
         proj_dim: int = 128,
         temperature: float = 0.7,
-        normalize: bool = True,
+        projection: str = "l2",
+        dropout: float = 0.2,
         gather_distributed: bool = True,
     ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.text_proj = nn.Linear(text_dim, proj_dim)
-        self.tab_proj = nn.Linear(id_dim, proj_dim)
+        check_choice("projection", projection, ICL_PROJECTIONS)
+        self.projection = projection
+        self.text_proj = self._tower(text_dim, proj_dim, dropout)
+        self.tab_proj = self._tower(id_dim, proj_dim, dropout)
         self.temperature = float(temperature)
-        self.normalize = normalize
         self.gather_distributed = gather_distributed
 
+    def _tower(self, in_dim: int, proj_dim: int, dropout: float) -> nn.Module:
+        if self.projection == "layernorm":
+            return ResidualLayerNormProjection(in_dim, proj_dim, dropout)
+        return nn.Linear(in_dim, proj_dim)
+
     def project(self, cls_state: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z_text, z_tab)``, each [B, proj_dim] (L2-normalised unless ``normalize=False``)."""
-        z_text = self.text_proj(cls_state.to(self.text_proj.weight.dtype))
-        z_tab = self.tab_proj(v.to(self.tab_proj.weight.dtype))
-        z_text, z_tab = z_text.float(), z_tab.float()
-        if self.normalize:
+        """``(z_text, z_tab)``, each [B, proj_dim] (L2-normalised for ``projection="l2"``)."""
+        z_text = self.text_proj(cls_state.to(_parameter_dtype(self.text_proj))).float()
+        z_tab = self.tab_proj(v.to(_parameter_dtype(self.tab_proj))).float()
+        if self.projection == "l2":
             z_text = F.normalize(z_text, dim=-1)
             z_tab = F.normalize(z_tab, dim=-1)
         return z_text, z_tab
@@ -363,6 +494,10 @@ class ICLHead(nn.Module):
         logits_t2t = z_text @ all_tab.t() / self.temperature  # text_i vs every tab_j (Eq. 11)
         logits_tab2t = z_tab @ all_text.t() / self.temperature  # tab_i vs every text_j (Eq. 12)
         return 0.5 * (F.cross_entropy(logits_t2t, labels) + F.cross_entropy(logits_tab2t, labels))
+
+
+def _parameter_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
 
 
 def _world_size() -> int:

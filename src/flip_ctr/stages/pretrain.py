@@ -23,7 +23,16 @@ import torch
 from torch import nn
 
 from flip_ctr.data import masking
-from flip_ctr.models.alignment import ICLHead, MLMHead, MTMHead
+from flip_ctr.models.alignment import (
+    ICL_PROJECTIONS,
+    MTM_INPUTS,
+    NCE_LOSSES,
+    NOISE_SCOPES,
+    ICLHead,
+    MLMHead,
+    MTMHead,
+    check_choice,
+)
 from flip_ctr.stages.checkpoints import HEADS_FILE, save_aligned, save_heads
 
 log = logging.getLogger(__name__)
@@ -31,7 +40,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AlignmentConfig:
-    """The switches of Table VII and the hyperparameters of §V-A (all sweepable by Hydra)."""
+    """The switches of Table VII, the hyperparameters of §V-A and the switches where the paper,
+    the authors' reference code and this project differ (all sweepable by Hydra). The defaults
+    are the method's (``conf/ablation/full.yaml`` documents each value); the heads' own
+    docstrings say what each switch computes."""
 
     use_mlm: bool = True
     use_mtm: bool = True
@@ -43,8 +55,19 @@ class AlignmentConfig:
     temperature: float = 0.7
     icl_dim: int = 128
     num_noise: int = 25
-    noise_scope: str = "field"
     head_hidden_dim: int = 256
+    icl_projection: str = "layernorm"  # or "l2": Linear + L2 normalisation (cosine / τ)
+    noise_scope: str = "global"  # or "field": noise from the masked field's own ids
+    remove_accidental_hits: bool | None = None  # None: on for noise_scope=field, off for global
+    nce: str = "corrected"  # or "negative_sampling": plain logsigmoid of the raw scores
+    mtm_input: str = "masked_and_attended"  # or "attended": the MTM predictor reads u alone
+
+    def __post_init__(self) -> None:
+        check_choice("icl_projection", self.icl_projection, ICL_PROJECTIONS)
+        check_choice("noise_scope", self.noise_scope, NOISE_SCOPES)
+        check_choice("nce", self.nce, NCE_LOSSES)
+        check_choice("mtm_input", self.mtm_input, MTM_INPUTS)
+        check_choice("remove_accidental_hits", self.remove_accidental_hits, (None, True, False))
 
 
 class AlignmentPretrainModule(L.LightningModule):
@@ -100,9 +123,14 @@ class AlignmentPretrainModule(L.LightningModule):
                 num_noise=cfg.num_noise,
                 joint=cfg.joint_reconstruction,
                 noise_scope=cfg.noise_scope,
+                remove_accidental_hits=cfg.remove_accidental_hits,
+                nce=cfg.nce,
+                predictor_input=cfg.mtm_input,
             )
         if cfg.use_icl:
-            self.icl = ICLHead(text_dim=d_text, id_dim=d_tab, proj_dim=cfg.icl_dim, temperature=cfg.temperature)
+            self.icl = ICLHead(
+                text_dim=d_text, id_dim=d_tab, proj_dim=cfg.icl_dim, temperature=cfg.temperature, projection=cfg.icl_projection
+            )
         self.save_hyperparameters(ignore=["id_model", "plm", "feature_frequencies"])
 
     # -- masking -----------------------------------------------------------------------------
