@@ -1,20 +1,26 @@
-"""Serving: `flip-ctr export` (TorchScript + vocabularies) and `flip-ctr predict` on raw rows.
+"""Serving: `flip-ctr export` (ONNX + vocabularies + digests) and `flip-ctr predict` on raw rows.
 
 One FLIP_ID-stage run (`flip-ctr train stage=finetune_id`, from scratch: no aligned checkpoint
 is needed to exercise the serving path) on the ML-100K fixture is exported and scored:
 
 - parity: on the test split the exported model reproduces the Lightning model's
-  predictions.parquet (written by trainer.test) to 1e-5; on rows with values never seen in
+  predictions.parquet (written by trainer.test) to 1e-6; on rows with values never seen in
   training it matches the Lightning module on FeatureSpace.lookup's OOV ids;
 - raw input: typed columns (integer ids), coded values (gender M/F) and nulls are decoded as
   the loader decodes them; a missing column is an error that names it;
-- predict imports neither Lightning nor transformers;
-- every ID model exports (scripted, or traced where TorchScript cannot compile it).
+- predict from an exported directory imports neither torch, Lightning nor transformers;
+- every ID model (and DCN-Mix, and each with/without its linear term) exports with parity 1e-6;
+- artifacts are verified: a flipped or truncated file is refused with one line (file, expected
+  and found SHA-256), non-finite outputs are refused naming the rows, and bad input (empty file,
+  list/struct column, unreadable file) is one line on stderr and exit 2, with nothing written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +45,11 @@ UNSEEN = {  # values that occur nowhere in the fixture
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # fails if the command imported Lightning or transformers (FLIP_ID serves at ID-model cost)
+def run_cli(*args: str, cwd: Path, light: tuple[str, ...] = ("transformers", "lightning", "torchmetrics")):
+    # fails if the command imported one of `light` (FLIP_ID serves at ID-model cost)
     code = (
         "import sys; from flip_ctr.cli import main; main(sys.argv[1:]); "
-        "heavy = [m for m in ('transformers', 'lightning', 'torchmetrics') if m in sys.modules]; "
+        f"heavy = [m for m in {light!r} if m in sys.modules]; "
         "assert not heavy, f'imported {heavy}'"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
@@ -106,9 +112,12 @@ def test_export_and_predict_raw_parquet_match_the_lightning_model(trained, tmp_p
     model_dir = tmp_path / "model"
     proc = run_cli("export", str(trained["run"]), "--out", str(model_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (model_dir / "model.pt").is_file() and (model_dir / "serving.json").is_file()
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.onnx", "serving.json", "vocab.json"]
+    meta = json.loads((model_dir / "serving.json").read_text())
+    assert meta["sha256"] == {n: hashlib.sha256((model_dir / n).read_bytes()).hexdigest() for n in ("model.onnx", "vocab.json")}
     proc = run_cli("predict", str(model_dir), "--input", str(tmp_path / "rows.parquet"),
-                   "--output", str(tmp_path / "out" / "preds.parquet"), cwd=tmp_path)
+                   "--output", str(tmp_path / "out" / "preds.parquet"), cwd=tmp_path,
+                   light=("torch", "transformers", "lightning", "torchmetrics"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     artifact = trained["artifact"]
     unseen_rows = int((artifact.value_ids[rows] > np.asarray(artifact.space.num_seen)).any(axis=1).sum())
@@ -123,30 +132,37 @@ def test_export_and_predict_raw_parquet_match_the_lightning_model(trained, tmp_p
     assert reference["row_id"].to_numpy().tolist() == rows.tolist()
     diff = np.abs(probs[: len(rows)] - reference["prob"].to_numpy()).max()
     print(f"parity max abs diff on {len(rows)} test rows: {diff:.2e}")
-    assert diff <= 1e-5
+    assert diff <= 1e-6
     # never-seen values: the Lightning module on FeatureSpace.lookup's ids (unseen → the field's OOV id)
     space = trained["artifact"].space
     unseen_decoded = pl.DataFrame({c: serving.decode_raw(extra[c], "ml100k", c) for c in space.schema.field_columns})
     ids = space.lookup(unseen_decoded)
     assert (ids[0] == np.asarray(space.field_offsets[:-1])).all()  # first extra row: every field OOV
     assert (ids[1] != np.asarray(space.field_offsets[:-1])).sum() >= 5  # second: mostly known values
-    assert np.abs(probs[len(rows):] - lightning_probs(trained["run"], ids)).max() <= 1e-5
+    assert np.abs(probs[len(rows):] - lightning_probs(trained["run"], ids)).max() <= 1e-6
     assert len(set(np.round(probs, 6))) > 2  # the rows really differ
 
 
-def test_exported_module_carries_its_vocabularies(trained, tmp_path):
+@pytest.fixture(scope="module")
+def model_dir(trained, tmp_path_factory) -> Path:
+    """The trained run, exported once (tests that damage it work on a copy)."""
+    return serving.export(trained["run"], tmp_path_factory.mktemp("exported") / "model")
+
+
+def test_exported_vocabularies_match_the_feature_space(trained, model_dir, tmp_path):
     decoded, raw, _ = raw_test_rows(trained)
-    model_dir = serving.export(trained["run"], tmp_path / "model")
-    scorer = torch.jit.load(str(model_dir / "model.pt"))
+    scorer = serving.load_model_dir(model_dir)
     space = trained["artifact"].space
-    assert list(scorer.columns) == space.schema.field_columns and scorer.dataset == "ml100k"
-    # in-module lookup (TorchScript encode) == FeatureSpace.lookup == predict's polars lookup
-    ids = scorer.encode([decoded[c].to_list() for c in scorer.columns]).numpy()
+    assert scorer.columns == space.schema.field_columns and scorer.dataset == "ml100k"
+    # vocab.json's lookup == FeatureSpace.lookup, on decoded and on raw values
+    ids = serving.encode_rows(scorer, decoded)[0]
     np.testing.assert_array_equal(ids, space.lookup(decoded))
     np.testing.assert_array_equal(ids, serving.encode_rows(scorer, raw)[0])
-    via_run_dir = serving.predict(trained["run"], _write(raw, tmp_path / "rows.csv"), tmp_path / "p.csv")["prob"]
-    np.testing.assert_allclose(scorer.score([decoded[c].to_list() for c in scorer.columns]).numpy(),
-                               via_run_dir.to_numpy(), atol=1e-6)
+    # a run dir (exported in memory) scores like its exported directory
+    rows = _write(raw, tmp_path / "rows.csv")
+    via_run_dir = serving.predict(trained["run"], rows, tmp_path / "p.csv")["prob"].to_numpy()
+    via_model_dir = serving.predict(model_dir, rows, tmp_path / "q.csv")["prob"].to_numpy()
+    np.testing.assert_allclose(via_model_dir, via_run_dir, atol=1e-6, rtol=0)
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:
@@ -154,20 +170,117 @@ def _write(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
+def refused(capsys, *argv: str) -> str:
+    """Runs `flip-ctr <argv>` in process; asserts one line on stderr and exit 2; returns the line."""
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
 def test_missing_column_and_wrong_stage_are_named(trained, tmp_path, capsys):
     _, raw, _ = raw_test_rows(trained)
     raw.drop("genre", "zipcode").write_parquet(tmp_path / "rows.parquet")
-    with pytest.raises(SystemExit) as err:
-        serving.main(["predict", str(trained["run"]), "--input", str(tmp_path / "rows.parquet"),
-                      "--output", str(tmp_path / "p.parquet")])
-    assert "['zipcode', 'genre']" in str(err.value) and "user_id" in str(err.value)
+    line = refused(capsys, "predict", str(trained["run"]), "--input", str(tmp_path / "rows.parquet"),
+                   "--output", str(tmp_path / "p.parquet"))
+    assert "['zipcode', 'genre']" in line and "user_id" in line and "rows.parquet" in line
     assert not (tmp_path / "p.parquet").exists()
     plm_run = tmp_path / "plm_run"
     plm_run.mkdir()
     config = (trained["run"] / "config.yaml").read_text()
     (plm_run / "config.yaml").write_text(config.replace("name: finetune_id", "name: finetune_plm"))
-    with pytest.raises(SystemExit, match="finetune_plm"):
-        serving.main(["export", str(plm_run), "--out", str(tmp_path / "m")])
+    assert "finetune_plm" in refused(capsys, "export", str(plm_run), "--out", str(tmp_path / "m"))
+
+
+def _flip(path: Path, start: int = 40, stop: int = 80) -> None:
+    data = bytearray(path.read_bytes())
+    data[start:stop] = bytes(b ^ 0xFF for b in data[start:stop])
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {  # what happens to the model directory → the file the refusal must name
+    "flipped model.onnx": (lambda d: _flip(d / "model.onnx"), "model.onnx"),
+    "truncated model.onnx": (lambda d: _truncate(d / "model.onnx"), "model.onnx"),
+    "flipped vocab.json": (lambda d: _flip(d / "vocab.json", 30, 31), "vocab.json"),
+    "missing vocab.json": (lambda d: (d / "vocab.json").unlink(), "vocab.json"),
+    "truncated serving.json": (lambda d: _truncate(d / "serving.json"), "serving.json"),
+    "TorchScript model dir": (lambda d: (d / "serving.json").write_text(json.dumps({"format_version": 1})), "serving.json"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_model_dir_is_refused_in_one_line(damage, trained, model_dir, tmp_path, capsys):
+    _, raw, _ = raw_test_rows(trained)
+    raw.write_parquet(tmp_path / "rows.parquet")
+    damaged = tmp_path / "model"
+    shutil.copytree(model_dir, damaged)
+    before = {n: hashlib.sha256((damaged / n).read_bytes()).hexdigest() for n in ("model.onnx", "vocab.json")}
+    harm, culprit = DAMAGE[damage]
+    harm(damaged)
+    line = refused(capsys, "predict", str(damaged), "--input", str(tmp_path / "rows.parquet"),
+                   "--output", str(tmp_path / "preds.parquet"))
+    assert str(damaged / culprit) in line, line
+    if damage.startswith(("flipped", "truncated model")):
+        found = hashlib.sha256((damaged / culprit).read_bytes()).hexdigest()
+        assert f"expected {before[culprit]}" in line and f"found {found}" in line, line
+    assert not (tmp_path / "preds.parquet").exists()
+
+
+def test_non_finite_outputs_are_refused_naming_the_rows(trained, model_dir, tmp_path, capsys):
+    """A model that passes its digests but gives NaN for one value (its embedding row poisoned
+    after export's parity check) is refused, and no output is written."""
+    decoded, raw, _ = raw_test_rows(trained)
+    model, space, meta = serving.load_run(trained["run"])
+    genre = decoded["genre"][3]
+    with torch.no_grad():
+        model.embedding.weight[space.lookup(decoded[3:4])[0, space.schema.field_columns.index("genre")]] = float("nan")
+    files = {"model.onnx": serving.onnx_graph(model, space), "vocab.json": (model_dir / "vocab.json").read_bytes()}
+    poisoned = serving.write_model_dir(tmp_path / "poisoned", files, json.loads((model_dir / "serving.json").read_text()))
+    raw.write_parquet(tmp_path / "rows.parquet")
+    line = refused(capsys, "predict", str(poisoned), "--input", str(tmp_path / "rows.parquet"),
+                   "--output", str(tmp_path / "preds.parquet"))
+    rows = np.flatnonzero((decoded["genre"] == genre).to_numpy())
+    assert f"non-finite probabilities for {rows.size} of {raw.height} rows" in line, line
+    assert f"rows {', '.join(map(str, rows[:10]))}" in line, line
+    assert not (tmp_path / "preds.parquet").exists()
+
+
+def _bad_inputs(raw: pl.DataFrame, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name → (input file, what the one line must say)."""
+    (tmp / "empty.csv").write_bytes(b"")
+    (tmp / "empty.parquet").write_bytes(b"")
+    (tmp / "garbage.parquet").write_bytes(b"PAR1 not really a parquet file")
+    raw.with_columns(pl.col("genre").str.split(", ")).write_parquet(tmp / "list.parquet")
+    raw.with_columns(pl.struct("user_id", "age").alias("age")).write_parquet(tmp / "struct.parquet")
+    return {
+        "empty csv": (tmp / "empty.csv", "empty file"),
+        "empty parquet": (tmp / "empty.parquet", "empty file"),
+        "not parquet": (tmp / "garbage.parquet", "cannot read it as parquet"),
+        "list column": (tmp / "list.parquet", "field column 'genre' has type List(String) (first value ['"),
+        "struct column": (tmp / "struct.parquet", "field column 'age' has type Struct("),
+        "missing file": (tmp / "nowhere.csv", "no such file"),
+        "not a table": (tmp / "rows.json", "must be a .parquet, .pq, .csv or .tsv file"),
+    }
+
+
+def test_bad_input_is_one_line_exit_2_and_nothing_written(trained, model_dir, tmp_path, capsys):
+    _, raw, _ = raw_test_rows(trained)
+    for name, (path, says) in _bad_inputs(raw, tmp_path).items():
+        line = refused(capsys, "predict", str(model_dir), "--input", str(path), "--output", str(tmp_path / "out" / "p.csv"))
+        assert str(path) in line and says in line, (name, line)
+        assert not (tmp_path / "out").exists(), name
+    # the real command: the same line and status, and no traceback
+    proc = run_cli("predict", str(model_dir), "--input", str(tmp_path / "empty.csv"), "--output", str(tmp_path / "p.csv"),
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"flip-ctr predict: {tmp_path / 'empty.csv'}: empty file (0 bytes: no header, no rows)"], proc.stderr
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_decode_raw_matches_the_loaders():
@@ -186,22 +299,51 @@ def test_decode_raw_matches_the_loaders():
     assert dec(["1"], "ml100k", "occupation") == ["1"]  # codes are dataset- and column-specific
 
 
-@pytest.mark.parametrize("name", sorted(__import__("flip_ctr.models.id", fromlist=["ID_MODELS"]).ID_MODELS))
-def test_every_id_model_exports_with_parity(name, tmp_path):
+ID_MODEL_NAMES = sorted(__import__("flip_ctr.models.id", fromlist=["ID_MODELS"]).ID_MODELS)
+DEFAULT_LINEAR = {"afm", "deepfm", "wide_deep", "xdeepfm"}  # models whose linear_term defaults to true
+VARIANTS = {
+    **{name: (name, {}) for name in ID_MODEL_NAMES},
+    # the optional first-order term the other way round (present → None, None → present)
+    **{f"{name}-linear_{name not in DEFAULT_LINEAR}": (name, {"linear_term": name not in DEFAULT_LINEAR}) for name in ID_MODEL_NAMES},
+    "dcnv2-mix": ("dcnv2", {"cross_type": "mix", "num_cross_layers": 2, "low_rank": 4}),
+}
+
+
+def _calibrate_batch_norm(model, num_features: int) -> None:
+    """Batch-norm running statistics as training leaves them. Untrained (mean 0, variance 1),
+    AFN's exp-layer outputs reach ~1e4 and even torch alone differs by 7e-6 between a batch of
+    300 and the same rows one at a time; calibrated, torch and onnxruntime agree to 1e-7."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = None  # cumulative average: one pass sets the statistics of its batch
+    model.train()
+    with torch.no_grad():
+        model(torch.randint(0, num_features + 1, (1024, model.num_fields)))
+    model.eval()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_id_model_exports_with_parity(variant):
     from flip_ctr.models.id import build_id_model
 
+    name, kwargs = VARIANTS[variant]
     schema = DatasetSchema("toy", tuple(Field(c, c) for c in ("user", "item", "genre")))
     space = FeatureSpace(schema, [["unknown", "u1", "u2"], ["unknown", "i1", "i2", "i3"], ["unknown", "Drama"]], [2, 3, 1])
     torch.manual_seed(0)
     model = build_id_model(name, num_features=space.num_features, num_fields=3, embedding_dim=8,
-                           dnn_hidden_units=(16,)).eval()
-    path = tmp_path / "m.pt"
-    torch.jit.save(serving.script_scorer(model, space), str(path))
-    scorer = torch.jit.load(str(path))
-    for batch in (1, 5):
-        ids = torch.randint(0, space.num_features, (batch, 3))
+                           dnn_hidden_units=(16,), **kwargs).eval()
+    first_order = model.wide if name == "wide_deep" else model.linear  # Wide&Deep calls it the wide part
+    assert (first_order is None) == (not kwargs.get("linear_term", name in DEFAULT_LINEAR))
+    if first_order is not None:  # zero-initialised: make the term count
+        torch.nn.init.normal_(first_order.weight, std=0.5)
+    _calibrate_batch_norm(model, space.num_features)
+    scorer = serving._scorer(serving.onnx_model(model, space), serving._vocab_json(space), "toy")
+    for batch in (1, 5, 300):
+        ids = torch.randint(0, space.num_features + 1, (batch, 3))  # every id, the <MASK> row included
         with torch.no_grad():
-            expected = torch.sigmoid(model(ids)[1])
-        torch.testing.assert_close(scorer(ids), expected, atol=1e-6, rtol=0)
-    probs = scorer.score([["u2", "nobody"], ["i3", "i1"], ["Drama", "Comedy"]])  # unseen → OOV id
-    torch.testing.assert_close(probs, scorer(torch.tensor([[2, 6, 8], [0, 4, 7]])))
+            expected = torch.sigmoid(model(ids)[1]).numpy()
+        np.testing.assert_allclose(scorer(ids.numpy()), expected, atol=1e-6, rtol=0)
+    frame = pl.DataFrame({"user": ["u2", "nobody"], "item": ["i3", "i1"], "genre": ["Drama", "Comedy"]})
+    ids, unseen = serving.encode_rows(scorer, frame)  # unseen → the field's OOV id
+    np.testing.assert_array_equal(ids, [[2, 6, 8], [0, 4, 7]])
+    assert unseen.tolist() == [[False, False, False], [True, False, True]]

@@ -3,87 +3,116 @@
 ``flip-ctr export RUN_DIR --out MODEL_DIR`` turns the run directory of a ``ctr`` or ``finetune_id``
 stage (a ``flip-ctr train`` run, or ``<pipeline run>/finetune_id`` / ``scratch``) into::
 
-    MODEL_DIR/model.pt      TorchScript module, self-contained (torch.jit.load / torch::jit::load):
-                            forward(feature_ids [B, F] int64) -> click probability [B] float32
-                            encode(values: List[List[str]]) -> feature ids (values[f] = field f of every row)
-                            score(values) -> probabilities
-                            attributes: dataset, columns, vocab (per field: value -> feature id), oov
-    MODEL_DIR/serving.json  metadata: dataset, fields, ID model spec, source run and checkpoint
+    MODEL_DIR/model.onnx    ONNX graph (torch.onnx dynamo exporter): input feature_ids int64 [batch, F],
+                            output prob float32 [batch]; runs in onnxruntime (Python, C++, Java, ...)
+    MODEL_DIR/vocab.json    per field: column, OOV id and value → feature id (the values as the
+                            dataset loader decodes them)
+    MODEL_DIR/serving.json  metadata (dataset, columns, ID-model spec, source run and checkpoint) and
+                            the SHA-256 of model.onnx and vocab.json
 
 ``flip-ctr predict MODEL_OR_RUN_DIR --input rows.parquet --output preds.parquet`` scores raw rows
 (CSV or Parquet, one row per impression; the columns are the dataset's field columns, see
 docs/serving.md) and writes the input columns plus ``prob``, one per input row, in input order.
 
+Loading verifies both digests before parsing either file; predict refuses non-finite outputs.
+Every refusal (bad model directory, bad input) is one line on stderr and exit status 2, with
+nothing written.
+
 Raw values go through :func:`decode_raw`, the value decoding the dataset loaders apply, so the
 keys match the vocabulary the model was trained with; a value that is not in the vocabulary
 (never seen in the training part) gets its field's OOV id, exactly as in training and evaluation.
+The lookup stays in polars (vectorised, multi-threaded) rather than in the graph.
 
-Nothing here imports Lightning or transformers (checkpoints are read with ``torch.load``):
-FLIP_ID is served at the cost of the plain ID model.
+Predicting with an exported directory imports neither torch, Lightning nor transformers; export
+(and predict on a run directory, exported in memory) needs torch but not Lightning: FLIP_ID is
+served at the cost of the plain ID model.
 """
 
-# no `from __future__ import annotations`: TorchScript reads Scorer's class annotations as real types
+from __future__ import annotations
+
 import argparse
 import json
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import polars as pl
-import torch
-from torch import nn
 
 from flip_ctr.atomic import atomic_directory, atomic_path
 from flip_ctr.data.preprocess import OOV_TEXT, FeatureSpace
-from flip_ctr.stages.checkpoints import submodule_state
+from flip_ctr.integrity import read_verified, sha256_bytes
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.onnx"
+VOCAB_FILE = "vocab.json"
 META_FILE = "serving.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: TorchScript model.pt (flip-ctr before issue 16)
 # Stages whose LightningModule is ``self.model`` = one ID model (CTRModule and its FLIP_ID subclass).
 ID_STAGES = ("ctr", "finetune_id")
+# Rows per onnxruntime call: the DNN activations of a batch stay in cache (65536 was 1.7x slower).
+BATCH_SIZE = 8192
+PARITY_ATOL = 1e-6
+SERVING_EXTRA = "pip install 'flip-ctr[serving]' (onnx, onnxscript, onnxruntime)"
 
 
-# -- the exported module --------------------------------------------------------------------------
-class Scorer(nn.Module):
-    """ID model + its vocabularies; scripted as a whole so the file carries everything needed."""
+class ServingError(ValueError):
+    """A refusal the operator can act on: one line naming the file, field or value."""
 
+
+# -- the scorer: vocabularies + an onnxruntime session --------------------------------------------
+@dataclass
+class Scorer:
     dataset: str
-    columns: List[str]
-    vocab: List[Dict[str, int]]
-    oov: List[int]
+    columns: list[str]
+    vocab: list[dict[str, int]]  # per field: decoded value → global feature id
+    oov: list[int]  # per field: its OOV id
+    session: object  # onnxruntime.InferenceSession
 
-    def __init__(self, model: nn.Module, dataset: str, columns: list[str], vocab: list[dict[str, int]], oov: list[int]):
-        super().__init__()
-        self.model = model
-        self.dataset = dataset
-        self.columns = columns
-        self.vocab = vocab
-        self.oov = oov
-
-    def forward(self, feature_ids: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(feature_ids)[1].float())
-
-    @torch.jit.export
-    def encode(self, values: List[List[str]]) -> torch.Tensor:
-        """values[f][i]: decoded value of field f in row i → global feature ids [B, F]."""
-        ids = torch.empty(len(values[0]), len(self.vocab), dtype=torch.long)
-        for f in range(len(self.vocab)):
-            table = self.vocab[f]
-            oov = self.oov[f]
-            ids[:, f] = torch.tensor([table.get(v, oov) for v in values[f]], dtype=torch.long)
-        return ids
-
-    @torch.jit.export
-    def score(self, values: List[List[str]]) -> torch.Tensor:
-        return self.forward(self.encode(values))
+    def __call__(self, feature_ids: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"feature_ids": feature_ids})[0]
 
 
+def _session(model: bytes, source: Path | str, num_threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ServingError(f"onnxruntime is not installed: {SERVING_EXTRA}") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or 0  # 0: onnxruntime's choice (the physical cores)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise ServingError(f"{source}: onnxruntime cannot load it ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _vocab_json(space: FeatureSpace) -> bytes:
+    vocab, oov = vocabularies(space)
+    fields = [{"column": c, "oov": o, "ids": v} for c, v, o in zip(space.schema.field_columns, vocab, oov)]
+    return json.dumps({"dataset": space.schema.name, "fields": fields}, ensure_ascii=False).encode()
+
+
+def _scorer(model: bytes, vocab: bytes, source: Path | str, num_threads: int | None = None) -> Scorer:
+    try:
+        table = json.loads(vocab)
+        fields = table["fields"]
+        columns, ids, oov = [f["column"] for f in fields], [f["ids"] for f in fields], [int(f["oov"]) for f in fields]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ServingError(f"{source}: not a flip-ctr vocabulary ({_first_line(err)})") from None
+    return Scorer(str(table.get("dataset")), columns, ids, oov, _session(model, source, num_threads))
+
+
+# -- export: ID model → ONNX ----------------------------------------------------------------------
 def vocabularies(space: FeatureSpace) -> tuple[list[dict[str, int]], list[int]]:
     """Per field: training-part value → global feature id, and the field's OOV id. Values that
     only occur outside the training part are left out: the ID model never learned them (OOV)."""
@@ -95,37 +124,70 @@ def vocabularies(space: FeatureSpace) -> tuple[list[dict[str, int]], list[int]]:
     return vocab, offsets[:-1]
 
 
-def compile_id_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """TorchScript of the ID model: scripted where TorchScript compiles *and runs* it, else traced
-    (AutoInt does not compile; AFN's autocast block compiles but fails on the first call).
-    Either way checked against the eager model on ``example``."""
-    with torch.no_grad():
-        expected = model(example)[1]
-        try:
-            compiled = torch.jit.script(model)
-            compiled(example)
-        except Exception as err:  # noqa: BLE001 - any TorchScript failure: fall back to tracing
-            log.info("%s is not scriptable (%s); tracing it", type(model).__name__, str(err).splitlines()[0])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                compiled = torch.jit.trace(model, example)
-        torch.testing.assert_close(compiled(example)[1], expected, rtol=0, atol=1e-6)
-    return compiled
+def _probability(model):
+    """The ID model as served: feature ids → click probability (fp32), no autograd."""
+    import torch
+
+    class Probability(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, feature_ids):
+            return torch.sigmoid(self.inner(feature_ids)[1].float())
+
+    return Probability(model.float().eval().requires_grad_(False)).eval()
 
 
-def script_scorer(model: nn.Module, space: FeatureSpace) -> torch.jit.ScriptModule:
-    model = model.float().eval().requires_grad_(False)  # an inference artifact: no autograd graph when called
-    vocab, oov = vocabularies(space)
-    # example rows: all-OOV and the first known value of every field
-    example = torch.tensor([oov, [o + 1 if n else o for o, n in zip(oov, space.num_seen)]], dtype=torch.long)
-    with warnings.catch_warnings():
-        # torch's own annotation inspection warns about dtype-specific Tensor subtypes: not ours to fix
-        warnings.filterwarnings("ignore", message="TorchScript will treat type annotations")
-        inner = compile_id_model(model, example)
-        return torch.jit.script(Scorer(inner, space.schema.name, space.schema.field_columns, vocab, oov))
+def parity_rows(space: FeatureSpace, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Feature ids to check an export on: every field OOV, every field's first known value, and
+    ``n`` random rows of known values."""
+    oov = np.asarray(space.field_offsets[:-1])
+    seen = np.asarray(space.num_seen)
+    rng = np.random.default_rng(seed)
+    known = oov + (seen > 0) * (1 + (rng.random((n, len(oov))) * seen).astype(np.int64))
+    return np.concatenate([oov[None], oov[None] + (seen > 0), known]).astype(np.int64)
 
 
-# -- from a run directory -------------------------------------------------------------------------
+def onnx_graph(model, space: FeatureSpace) -> bytes:
+    """The ID model as an ONNX graph (torch.onnx's dynamo exporter, i.e. torch.export), unchecked."""
+    import torch
+
+    example = torch.from_numpy(parity_rows(space, n=2))
+    # torch.onnx's exporter logs one warning per torchvision op it cannot register, and torch's
+    # own pytree code warns about its LeafSpec: neither is ours to fix
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+            program = torch.onnx.export(
+                _probability(model), (example,), dynamo=True, input_names=["feature_ids"], output_names=["prob"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            )
+    except ImportError as err:
+        raise ServingError(f"export needs {err.name or 'onnx'}: {SERVING_EXTRA}") from None
+    return program.model_proto.SerializeToString()
+
+
+def onnx_model(model, space: FeatureSpace) -> bytes:
+    """:func:`onnx_graph`, checked against the eager model on :func:`parity_rows` to PARITY_ATOL
+    in onnxruntime (a graph that gives NaN there is refused too)."""
+    data = onnx_graph(model, space)
+    _check_parity(_probability(model), _session(data, "the exported graph"), space)
+    return data
+
+
+def _check_parity(served, session, space: FeatureSpace) -> None:
+    import torch
+
+    ids = parity_rows(space)
+    with torch.inference_mode():
+        expected = served(torch.from_numpy(ids)).numpy()
+    for rows in (ids, ids[:1]):  # a batch, and a single row (the batch axis is dynamic)
+        got = session.run(None, {"feature_ids": rows})[0]
+        diff = float(np.abs(got - expected[: len(rows)]).max())
+        if not diff <= PARITY_ATOL:
+            raise ServingError(f"the ONNX graph differs from the eager model by {diff:.3g} (> {PARITY_ATOL}): not exported")
 def feature_space(data_cfg) -> FeatureSpace:
     """The run's vocabularies, from the preprocessed-data cache (rebuilt from the data if absent).
     Mirrors CTRDataModule._load_artifact without importing Lightning (which pulls in transformers
@@ -166,15 +228,17 @@ def find_checkpoint(run_dir: Path, ckpt: str | None = None) -> Path:
     return path
 
 
-def load_run(run_dir: str | Path, ckpt: str | None = None) -> tuple[nn.Module, FeatureSpace, dict]:
+def load_run(run_dir: str | Path, ckpt: str | None = None):
     """(ID model with the checkpoint's weights, feature space, metadata) of an ID-model stage run."""
+    import torch
     from omegaconf import OmegaConf
 
     from flip_ctr.models.id import build_id_model
+    from flip_ctr.stages.checkpoints import load_id_model_payload, submodule_state
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is neither an exported model ({MODEL_FILE}) nor a run directory (config.yaml)")
+        raise FileNotFoundError(f"{run_dir} is neither an exported model ({META_FILE}) nor a run directory (config.yaml)")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     # `flip-ctr train` stores the stage as cfg.stage; a pipeline stage dir is named after its key in cfg.stages.
     stage = cfg.get("stage") or (cfg.get("stages") or {}).get(run_dir.name)
@@ -187,7 +251,7 @@ def load_run(run_dir: str | Path, ckpt: str | None = None) -> tuple[nn.Module, F
     pretrained = stage.get("pretrained_dir")
     if pretrained and (Path(pretrained) / "id_model.pt").is_file():
         # the architecture FLIP_ID finetuned is the aligned model's, whatever cfg.id_model says
-        spec = dict(torch.load(Path(pretrained) / "id_model.pt", map_location="cpu", weights_only=True)["spec"])
+        spec = dict(load_id_model_payload(Path(pretrained))["spec"])
     else:
         spec = OmegaConf.to_container(cfg.id_model, resolve=True)
         spec.pop("_target_", None)
@@ -198,46 +262,83 @@ def load_run(run_dir: str | Path, ckpt: str | None = None) -> tuple[nn.Module, F
             f"{space.num_features} / {space.num_fields}: the data changed since training"
         )
     path = find_checkpoint(run_dir, ckpt)
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - torch's errors for a damaged zip are untyped
+        raise ServingError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
     model = build_id_model(**spec)
     model.load_state_dict(submodule_state(state, "model"))
     meta = {"run_dir": str(run_dir.resolve()), "checkpoint": str(path.resolve()), "stage": stage.name, "id_model": spec}
     return model, space, meta
 
 
-# -- export / load ---------------------------------------------------------------------------------
 def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Path:
     """Writes MODEL_DIR atomically (temp dir renamed into place); returns it."""
-    model, space, meta = load_run(run_dir, ckpt)
-    scorer = script_scorer(model, space)
     out = Path(out)
     if out.exists() and not (out / META_FILE).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an exported model: refusing to overwrite it")
+    model, space, meta = load_run(run_dir, ckpt)
+    files = {MODEL_FILE: onnx_model(model, space), VOCAB_FILE: _vocab_json(space)}
+    import torch
+
+    meta.update(
+        format_version=FORMAT_VERSION,
+        dataset=space.schema.name,
+        columns=space.schema.field_columns,
+        field_names=space.schema.field_names,
+        num_features=space.num_features,
+        vocabulary_sizes=list(space.num_seen),
+        inputs={"feature_ids": f"int64 [batch, {space.num_fields}]"},
+        outputs={"prob": "float32 [batch]"},
+        torch=torch.__version__,
+    )
+    return write_model_dir(out, files, meta)
+
+
+def write_model_dir(out: Path, files: dict[str, bytes], meta: dict) -> Path:
+    """``files`` + serving.json (``meta`` and the SHA-256 of every file), as one atomic directory."""
+    meta = {**meta, "sha256": {name: sha256_bytes(data) for name, data in files.items()}}
     with atomic_directory(out) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model dir is meant to be shared
-        torch.jit.save(scorer, str(tmp / MODEL_FILE))
-        meta.update(
-            format_version=FORMAT_VERSION,
-            dataset=space.schema.name,
-            columns=space.schema.field_columns,
-            field_names=space.schema.field_names,
-            num_features=space.num_features,
-            vocabulary_sizes=list(space.num_seen),
-            torch=torch.__version__,
-        )
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     return out
 
 
-def load_scorer(path: str | Path, ckpt: str | None = None) -> torch.jit.ScriptModule:
-    """An exported model directory (or its model.pt), or a run directory (exported in memory)."""
+# -- load: a model directory (verified) or a run directory (exported in memory) ------------------------
+def read_meta(model_dir: Path) -> dict:
+    path = model_dir / META_FILE
+    try:
+        meta = json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ServingError(f"{path}: unreadable ({_first_line(err)}); re-export the model") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise ServingError(
+            f"{path}: format_version {version!r}, this flip-ctr reads {FORMAT_VERSION} (1 was TorchScript): "
+            "re-export with `flip-ctr export`"
+        )
+    return meta
+
+
+def load_model_dir(model_dir: str | Path, num_threads: int | None = None) -> Scorer:
+    """An exported model directory, each file checked against its SHA-256 in serving.json first."""
+    model_dir = Path(model_dir)
+    digests = read_meta(model_dir).get("sha256") or {}
+    data = {name: read_verified(model_dir / name, digests.get(name), model_dir / META_FILE) for name in (MODEL_FILE, VOCAB_FILE)}
+    return _scorer(data[MODEL_FILE], data[VOCAB_FILE], model_dir / MODEL_FILE, num_threads)
+
+
+def load_scorer(path: str | Path, ckpt: str | None = None, num_threads: int | None = None) -> Scorer:
+    """An exported model directory (or a file in one), or a run directory (exported in memory)."""
     path = Path(path)
-    if path.is_file():
-        return torch.jit.load(str(path), map_location="cpu")
-    if (path / MODEL_FILE).is_file():
-        return torch.jit.load(str(path / MODEL_FILE), map_location="cpu")
+    if path.is_file() and (path.parent / META_FILE).is_file():
+        path = path.parent
+    if (path / META_FILE).is_file():
+        return load_model_dir(path, num_threads)
     model, space, _ = load_run(path, ckpt)
-    return script_scorer(model, space)
+    return _scorer(onnx_model(model, space), _vocab_json(space), f"{path} (exported in memory)", num_threads)
 
 
 # -- raw rows → decoded values → probabilities -------------------------------------------------------
@@ -281,56 +382,103 @@ def decode_raw(column: pl.Series, dataset: str, name: str) -> pl.Series:
     return s.alias(name)
 
 
-def encode_rows(scorer, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(feature ids [N, F], whether each value was out of vocabulary [N, F]); a missing field
-    column is a KeyError that names it and lists what is expected."""
-    columns, dataset = list(scorer.columns), str(scorer.dataset)
+def encode_rows(scorer: Scorer, frame: pl.DataFrame, source: Path | str = "input") -> tuple[np.ndarray, np.ndarray]:
+    """(feature ids [N, F], whether each value was out of vocabulary [N, F]). A missing field
+    column, or one whose type holds no single text/number per row, is a ServingError naming it."""
+    columns, dataset = scorer.columns, scorer.dataset
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise KeyError(
-            f"input lacks field column(s) {missing}; a {dataset} model expects the columns {columns} "
+        raise ServingError(
+            f"{source}: no field column(s) {missing}; a {dataset} model expects the columns {columns} "
             f"(values as the {dataset} loader decodes them, see docs/serving.md)"
         )
     ids = np.empty((frame.height, len(columns)), dtype=np.int64)
     for f, (name, table, oov) in enumerate(zip(columns, scorer.vocab, scorer.oov)):
+        _check_field_type(frame[name], source)
         values = decode_raw(frame[name], dataset, name)
         ids[:, f] = values.replace_strict(table, default=oov, return_dtype=pl.Int64).to_numpy()
     return ids, ids == np.asarray(scorer.oov)
 
 
-@torch.inference_mode()
-def predict_ids(scorer, ids: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-    out = [scorer(torch.from_numpy(ids[i : i + batch_size])) for i in range(0, len(ids), batch_size)]
-    return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+# Types with one value per row that decode_raw turns into the loader's text (lists, structs,
+# binary, dates, ... would become strings no vocabulary holds).
+_SCALAR_TYPES = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Null)
+
+
+def _check_field_type(column: pl.Series, source: Path | str) -> None:
+    dtype = column.dtype
+    if dtype.is_numeric() or dtype.base_type() in _SCALAR_TYPES:
+        return
+    kept = column.drop_nulls().head(1).to_list()
+    example = f" (first value {kept[0]!r})" if kept else ""
+    raise ServingError(
+        f"{source}: field column {column.name!r} has type {dtype}{example}; a field column holds one text or number per row"
+    )
+
+
+def predict_ids(scorer: Scorer, ids: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    out = [scorer(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
+
+
+def refuse_non_finite(probs: np.ndarray, model: Path | str) -> None:
+    """A NaN/inf probability is a damaged or diverged model, never a score to hand on."""
+    bad = np.flatnonzero(~np.isfinite(probs))
+    if bad.size:
+        shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise ServingError(
+            f"{model}: non-finite probabilities for {bad.size} of {probs.size} rows (0-based data rows {shown}); "
+            "nothing written: the model is damaged or diverged"
+        )
+
+
+# -- files ---------------------------------------------------------------------------------------
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
+
+
+def _file_format(path: Path, role: str) -> str:
+    try:
+        return _FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise ServingError(f"{path}: the {role} must be a .parquet, .pq, .csv or .tsv file") from None
 
 
 def read_rows(path: Path) -> pl.DataFrame:
-    if path.suffix in (".parquet", ".pq"):
-        return pl.read_parquet(path)
-    if path.suffix in (".csv", ".tsv"):
+    kind = _file_format(path, "input")
+    if not path.is_file():
+        raise ServingError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+    if path.stat().st_size == 0:
+        raise ServingError(f"{path}: empty file (0 bytes: no header, no rows)")
+    try:
+        if kind == "parquet":
+            return pl.read_parquet(path)
         # every column as text, so identifiers such as "007" keep their leading zeros
-        return pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",", infer_schema=False)
-    raise ValueError(f"{path}: expected a .parquet or .csv file")
+        return pl.read_csv(path, separator="\t" if kind == "tsv" else ",", infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as err:
+        raise ServingError(f"{path}: cannot read it as {kind} ({_first_line(err)})") from None
 
 
 def write_rows(frame: pl.DataFrame, path: Path) -> None:
     """Atomic: written to a temp sibling, then renamed, so a reader never sees half a file."""
+    kind = _file_format(path, "output")
     with atomic_path(path) as tmp:
-        if path.suffix in (".parquet", ".pq"):
+        if kind == "parquet":
             frame.write_parquet(tmp)
-        elif path.suffix in (".csv", ".tsv"):
-            frame.write_csv(tmp, separator="\t" if path.suffix == ".tsv" else ",")
         else:
-            raise ValueError(f"{path}: expected a .parquet or .csv output file")
+            frame.write_csv(tmp, separator="\t" if kind == "tsv" else ",")
 
 
 def predict(model: str | Path, input_path: str | Path, output_path: str | Path, ckpt: str | None = None,
-            batch_size: int = 65536) -> pl.DataFrame:
-    scorer = load_scorer(model, ckpt)
-    frame = read_rows(Path(input_path))
-    ids, unseen = encode_rows(scorer, frame)
-    out = frame.with_columns(pl.Series("prob", predict_ids(scorer, ids, batch_size), dtype=pl.Float32))
-    write_rows(out, Path(output_path))
+            batch_size: int = BATCH_SIZE, num_threads: int | None = None) -> pl.DataFrame:
+    input_path, output_path = Path(input_path), Path(output_path)
+    _file_format(output_path, "output")  # before any work: a bad name costs nothing
+    scorer = load_scorer(model, ckpt, num_threads)
+    frame = read_rows(input_path)
+    ids, unseen = encode_rows(scorer, frame, input_path)
+    probs = predict_ids(scorer, ids, batch_size)
+    refuse_non_finite(probs, model)
+    out = frame.with_columns(pl.Series("prob", probs, dtype=pl.Float32))
+    write_rows(out, output_path)
     per_field = ", ".join(f"{c} {n}" for c, n in zip(scorer.columns, unseen.sum(axis=0)) if n)
     print(
         f"wrote {out.height} probabilities to {output_path}; {int(unseen.any(axis=1).sum())} row(s) with a value "
@@ -339,29 +487,36 @@ def predict(model: str | Path, input_path: str | Path, output_path: str | Path, 
     return out
 
 
+# Refusals: one line on stderr, exit 2 (IntegrityError and ServingError are ValueErrors).
+_REFUSALS = (ValueError, FileNotFoundError, FileExistsError)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="flip-ctr", description="Export and batch prediction of ID-model stages.")
     sub = parser.add_subparsers(dest="command", required=True)
-    exp = sub.add_parser("export", help="run dir → TorchScript model dir (model.pt + serving.json)")
+    exp = sub.add_parser("export", help="run dir → model dir (model.onnx + vocab.json + serving.json)")
     exp.add_argument("run_dir")
     exp.add_argument("--out", required=True)
     exp.add_argument("--ckpt", default=None, help="checkpoint path, or best/last (default: best, else last)")
     pred = sub.add_parser("predict", help="raw rows (CSV/Parquet) → rows + prob")
-    pred.add_argument("model", help="exported model dir, or a run dir (exported on the fly)")
+    pred.add_argument("model", help="exported model dir, or a run dir (exported in memory)")
     pred.add_argument("--input", required=True)
     pred.add_argument("--output", required=True)
     pred.add_argument("--ckpt", default=None, help="with a run dir: checkpoint path, or best/last")
-    pred.add_argument("--batch-size", type=int, default=65536)
+    pred.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     for p in (exp, pred):
-        p.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+        p.add_argument("--num-threads", type=int, default=None, help="threads (default: onnxruntime's and torch's choice)")
     args = parser.parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
     try:
         if args.command == "export":
+            if args.num_threads:
+                import torch
+
+                torch.set_num_threads(args.num_threads)
             out = export(args.run_dir, args.out, args.ckpt)
-            print(f"exported {args.run_dir} → {out}/{MODEL_FILE} (+ {META_FILE})")
+            print(f"exported {args.run_dir} → {out}/{MODEL_FILE} (+ {VOCAB_FILE}, {META_FILE})")
         else:
-            predict(args.model, args.input, args.output, args.ckpt, args.batch_size)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"flip-ctr {args.command}: {err.args[0] if isinstance(err, KeyError) else err}")
+            predict(args.model, args.input, args.output, args.ckpt, args.batch_size, args.num_threads)
+    except _REFUSALS as err:
+        print(f"flip-ctr {args.command}: {str(err).replace(chr(10), ' ')}", file=sys.stderr)
+        sys.exit(2)
