@@ -1,4 +1,5 @@
-"""Weights & Biases tracking for flip-ctr runs (``logger=wandb``, conf/logger/wandb.yaml).
+"""Run tracking for flip-ctr runs: W&B (``logger=wandb``, conf/logger/wandb.yaml) and the CSV
+history (``logger=csv``, the default: :class:`ResumableCSVLogger`).
 
 :class:`FlipWandbLogger` is Lightning's ``WandbLogger`` with the conventions of this project:
 
@@ -16,16 +17,44 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["FlipWandbLogger", "run_name", "find_offline_runs", "read_offline_run"]
+__all__ = ["FlipWandbLogger", "ResumableCSVLogger", "run_name", "find_offline_runs", "read_offline_run"]
+
+
+# ----------------------------------------------------------------------------- CSV history
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; this one appends to
+    it (under its header; Lightning rewrites the file if later rows bring new columns)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = sorted(csv.DictReader(fh).fieldnames or [])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` survives a restart: a run resumed in its directory
+    (``ckpt_path=.../last.ckpt``) appends to the history written before the kill instead of
+    replacing it. Steps between the last checkpoint and the kill appear twice (as logged before
+    the kill, then as redone)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 # Stages that read no text: their run name leaves the PLM out.
 ID_ONLY_STAGES = ("ctr", "scratch", "finetune_id")
