@@ -460,8 +460,8 @@ def _completed_stage(cfg: DictConfig, key: str, stage_dir: Path) -> dict | None:
         finished = "stage" in metrics
     if not finished:
         return None
-    earlier = OmegaConf.load(stage_dir / "config.yaml")
     now = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    earlier = _relocated(OmegaConf.load(stage_dir / "config.yaml"), now)
     differ = [k for k in (*_STAGE_IDENTITY, f"stages.{key}") if OmegaConf.select(earlier, k) != OmegaConf.select(now, k)]
     if differ:
         raise ValueError(
@@ -471,6 +471,24 @@ def _completed_stage(cfg: DictConfig, key: str, stage_dir: Path) -> dict | None:
         )
     log.info("skip_completed_stages: %s already finished in %s, reusing it", name, stage_dir)
     return metrics
+
+
+def _relocated(earlier: DictConfig, now: DictConfig) -> DictConfig:
+    """The earlier config with its run directory's paths moved to this run's: a run dir copied or
+    moved elsewhere is the same run (trainer.default_root_dir, a stage's pretrained_dir and
+    warm-start checkpoints name the run dir itself, not what the stage computes)."""
+    from flip_ctr.callbacks import relocate
+
+    old, new = OmegaConf.select(earlier, "paths.output_dir"), OmegaConf.select(now, "paths.output_dir")
+    if not old or not new or old == new:
+        return earlier
+
+    def move(value):
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return [move(v) for v in value] if isinstance(value, list) else relocate(value, old, new)
+
+    return OmegaConf.create(move(OmegaConf.to_container(earlier)))
 
 
 def _finetuned_checkpoints(out: Path, strategies, strategy: str) -> dict:
