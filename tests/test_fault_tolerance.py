@@ -2,11 +2,18 @@
 
 - a NaN loss stops the run with a message naming the stage, step and value, and the newest
   checkpoint on disk is the last good (finite) state;
+- a finite blow-up (the learning rate jumps to 1e3) stops the run the same way, and last.ckpt
+  stays the one written before the loss rose;
+- one last.ckpt, the newest state (no last-v1.ckpt);
 - a run SIGKILLed mid-epoch resumes from last.ckpt (written every N steps) and ends where an
-  uninterrupted run ends;
+  uninterrupted run ends, and its metrics.csv still holds the rows logged before the kill;
+- a copy of the killed run directory, elsewhere, resumes too, with its own best checkpoint;
+- skip_completed_stages accepts a finished stage whose run dir was copied elsewhere;
 - with trainer.deterministic=true two identical runs give identical predictions.
 
 Each run is a fresh process (~8 s, mostly importing Lightning); no test starts more than two.
+The runs use protocol=holdout: one fit per run (the default refit fits twice, selection/ then the
+run dir, and each fit checkpoints and resumes the same way).
 
 The fault injectors below are Lightning callbacks added with `+callbacks.<name>._target_=`
 (the subprocess gets tests/ on PYTHONPATH).
@@ -14,9 +21,11 @@ The fault injectors below are Lightning callbacks added with `+callbacks.<name>.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +65,19 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class LearningRateJump(L.Callback):
+    """From global step ``step`` on, every learning rate is 1e3 (issue 16's `stage.lr=1e3`, switched
+    on mid-run so that good checkpoints exist): the loss blows up and stays large, but finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = 1e3
+
+
 class StepRecorder(L.Callback):
     """Writes the global step at which fitting starts and ends to <run dir>/steps.json."""
 
@@ -80,7 +102,7 @@ def fixture(tmp_path_factory):
 def train(fixture, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     args = [
         f"data.data_dir={fixture['data']}", f"data.cache_dir={fixture['cache']}", f"hydra.run.dir={run_dir}",
-        "stage=ctr", f"stage.batch_size={BATCH}", "stage.max_epochs=3", "callbacks.early_stopping.patience=100",
+        "stage=ctr", "protocol=holdout", f"stage.batch_size={BATCH}", "stage.max_epochs=3", "callbacks.early_stopping.patience=100",
         "trainer.deterministic=true", "logger=none", "num_threads=1",
         "+callbacks.steps._target_=test_fault_tolerance.StepRecorder", *overrides,
     ]
@@ -128,18 +150,67 @@ def test_deterministic_runs_repeat_exactly(fixture, full_run, tmp_path):
     assert probs[0].std() > 0  # a trained model, not a constant
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(fixture, full_run, tmp_path):
+def test_a_finite_blow_up_stops_the_run_and_keeps_the_last_good_checkpoint(fixture, tmp_path):
+    jump, every, patience = 4, 3, 4
+    proc = train(fixture, tmp_path / "run", f"callbacks.step_checkpoint.every_n_train_steps={every}",
+                 f"callbacks.divergence.steps={patience}",
+                 "+callbacks.jump._target_=test_fault_tolerance.LearningRateJump", f"+callbacks.jump.step={jump}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "DivergedLossError" in out and "NonFiniteLossError" not in out, out[-3000:]
+    # the step-`jump` update is the first at lr 1e3: the losses of steps jump+1 .. jump+patience are the streak
+    stopped = jump + patience
+    assert f"for {patience} steps (callbacks.divergence) in stage CTRModule" in out and f"global step {stopped}:" in out, out[-3000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert f"last good checkpoint: {last}" in out
+    # written at step 3; the cadence points 6 (and, without the hold, 9) fall inside the streak
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == (jump // every) * every
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_one_last_ckpt_is_the_newest_state(fixture, full_run):
+    folder = full_run / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]  # no last-v1.ckpt
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3 * fixture["steps_per_epoch"] and last["epoch"] == 2  # the end of the last epoch
+
+
+@pytest.fixture(scope="module")
+def killed_run(fixture, tmp_path_factory) -> dict:
+    """A run SIGKILLed in the middle of its second epoch, its metrics history at that moment, and
+    a copy of its directory taken right after the kill (in another folder)."""
     per_epoch = fixture["steps_per_epoch"]
-    kill = per_epoch + per_epoch // 2 + 1  # in the middle of the second epoch
-    run = tmp_path / "killed"
-    proc = train(fixture, run, f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
+    kill = per_epoch + per_epoch // 2 + 1
+    root = tmp_path_factory.mktemp("killed")
+    run = root / "run"
+    proc = train(fixture, run, f"callbacks.step_checkpoint.every_n_train_steps={EVERY}", "logger=csv",
                  "+callbacks.kill._target_=test_fault_tolerance.KillAtStep", f"+callbacks.kill.step={kill}")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (run / "metrics.json").exists()
-    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == kill // EVERY * EVERY and saved["global_step"] % per_epoch != 0  # mid-epoch
+    copy = root / "elsewhere" / "run"
+    shutil.copytree(run, copy)
+    return {"run": run, "copy": copy, "kill": kill, "history": _csv_rows(run / "csv" / "metrics.csv")}
 
-    resumed = train(fixture, run, f"callbacks.step_checkpoint.every_n_train_steps={EVERY}",
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _keeps_history(before: list[dict], after: list[dict]) -> None:
+    """``after`` starts with every row of ``before`` (columns added later are blank in them)."""
+    assert any(r.get("val/auc") for r in before), "the epoch-0 validation AUC was logged before the kill"
+    assert len(after) > len(before)
+    assert [{k: r[k] for k in before[0]} for r in after[: len(before)]] == before
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(fixture, full_run, killed_run):
+    per_epoch = fixture["steps_per_epoch"]
+    run = killed_run["run"]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == killed_run["kill"] // EVERY * EVERY and saved["global_step"] % per_epoch != 0  # mid-epoch
+
+    resumed = train(fixture, run, f"callbacks.step_checkpoint.every_n_train_steps={EVERY}", "logger=csv",
                     f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = json.loads((full_run / "metrics.json").read_text())
@@ -151,3 +222,49 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(fixture, full_run, tm
     # The remainder of the interrupted epoch sees other batches than the uninterrupted run (the
     # train loader is not resumable mid-epoch), so the results agree within SGD noise, not exactly.
     assert abs(a["auc"] - b["auc"]) < 0.05 and abs(a["logloss"] - b["logloss"]) < 0.02, (a, b)
+    _keeps_history(killed_run["history"], _csv_rows(run / "csv" / "metrics.csv"))
+
+
+def test_a_copied_run_dir_resumes_with_its_own_checkpoints(fixture, killed_run):
+    copy = killed_run["copy"]
+    saved = torch.load(copy / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = train(fixture, copy, f"callbacks.step_checkpoint.every_n_train_steps={EVERY}", "logger=csv",
+                    f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "dirpath has changed" not in resumed.stdout + resumed.stderr  # Lightning would forget the best score
+    assert json.loads((copy / "steps.json").read_text()) == [saved["global_step"], 3 * fixture["steps_per_epoch"]]
+    folder = copy / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]  # no best-v1.ckpt beside the copied one
+    state = _callback_state(torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False), "RunCheckpoint")
+    before = _callback_state(saved, "RunCheckpoint")
+    assert state["best_model_path"] == str(folder / "best.ckpt")  # tested: this copy's best, not the original's
+    assert float(state["best_model_score"]) >= float(before["best_model_score"])  # the pre-kill best was remembered
+    _keeps_history(killed_run["history"], _csv_rows(copy / "csv" / "metrics.csv"))
+
+
+def _callback_state(checkpoint: dict, name: str) -> dict:
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith(name)]
+    return state
+
+
+def test_skip_completed_stages_accepts_a_copied_run_dir(tmp_path):
+    from omegaconf import OmegaConf
+
+    from flip_ctr.train import _completed_stage
+
+    def config(run: Path, lr: float = 1e-3):
+        return OmegaConf.create({
+            "paths": {"output_dir": str(run)}, "seed": 1, "data": {"dataset": "ml100k"}, "id_model": {"name": "dcnv2"},
+            "trainer": {"default_root_dir": str(run), "max_epochs": 2},
+            "stages": {"finetune_id": {"name": "finetune_id", "lr": lr, "pretrained_dir": str(run / "pretrain" / "aligned")}},
+        })
+
+    original = tmp_path / "original"
+    (original / "finetune_id").mkdir(parents=True)
+    (original / "finetune_id" / "config.yaml").write_text(OmegaConf.to_yaml(config(original)))
+    (original / "finetune_id" / "metrics.json").write_text(json.dumps({"auc": 0.7, "stage": "finetune_id"}))
+    copy = tmp_path / "moved" / "original"
+    shutil.copytree(original, copy)
+    assert _completed_stage(config(copy), "finetune_id", copy / "finetune_id")["auc"] == 0.7
+    with pytest.raises(ValueError, match=r"\(stages.finetune_id differ"):  # a real difference still counts
+        _completed_stage(config(copy, lr=1e-2), "finetune_id", copy / "finetune_id")
