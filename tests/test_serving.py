@@ -337,7 +337,7 @@ def test_every_id_model_exports_with_parity(variant):
     if first_order is not None:  # zero-initialised: make the term count
         torch.nn.init.normal_(first_order.weight, std=0.5)
     _calibrate_batch_norm(model, space.num_features)
-    scorer = serving._scorer(serving.onnx_model(model, space), serving._vocab_json(space), "toy")
+    scorer = serving.make_scorer(serving.onnx_model(model, space), serving.vocab_json(space), "toy")
     for batch in (1, 5, 300):
         ids = torch.randint(0, space.num_features + 1, (batch, 3))  # every id, the <MASK> row included
         with torch.no_grad():

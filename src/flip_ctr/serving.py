@@ -53,8 +53,9 @@ META_FILE = "serving.json"
 FORMAT_VERSION = 2  # 1: TorchScript model.pt (flip-ctr before issue 16)
 # Stages whose LightningModule is ``self.model`` = one ID model (CTRModule and its FLIP_ID subclass).
 ID_STAGES = ("ctr", "finetune_id")
-# Rows per onnxruntime call: the DNN activations of a batch stay in cache (65536 was 1.7x slower).
-BATCH_SIZE = 8192
+# Rows per onnxruntime call: small enough that a batch's DNN activations stay in cache (per CPU-second,
+# DCNv2 on ML-1M: 512 and 1024 rows ~100k rows/s, 8192 ~80k, 65536 ~70k; results/benchmarks/serving.md).
+BATCH_SIZE = 1024
 PARITY_ATOL = 1e-6
 SERVING_EXTRA = "pip install 'flip-ctr[serving]' (onnx, onnxscript, onnxruntime)"
 
@@ -84,6 +85,8 @@ def _session(model: bytes, source: Path | str, num_threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads or 0  # 0: onnxruntime's choice (the physical cores)
     options.inter_op_num_threads = 1
+    # no busy-waiting between ops: on a shared machine spinning threads halved 2-thread throughput
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
     try:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -96,20 +99,21 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _vocab_json(space: FeatureSpace) -> bytes:
+def vocab_json(space: FeatureSpace) -> bytes:
     vocab, oov = vocabularies(space)
     fields = [{"column": c, "oov": o, "ids": v} for c, v, o in zip(space.schema.field_columns, vocab, oov)]
     return json.dumps({"dataset": space.schema.name, "fields": fields}, ensure_ascii=False).encode()
 
 
-def _scorer(model: bytes, vocab: bytes, source: Path | str, num_threads: int | None = None) -> Scorer:
+def make_scorer(model: bytes, vocab: bytes, source: Path | str, num_threads: int | None = None) -> Scorer:
+    """From the bytes of model.onnx and vocab.json; ``source`` (the model directory) names them in errors."""
     try:
         table = json.loads(vocab)
         fields = table["fields"]
         columns, ids, oov = [f["column"] for f in fields], [f["ids"] for f in fields], [int(f["oov"]) for f in fields]
     except (ValueError, KeyError, TypeError) as err:
-        raise ServingError(f"{source}: not a flip-ctr vocabulary ({_first_line(err)})") from None
-    return Scorer(str(table.get("dataset")), columns, ids, oov, _session(model, source, num_threads))
+        raise ServingError(f"{source}/{VOCAB_FILE}: not a flip-ctr vocabulary ({_first_line(err)})") from None
+    return Scorer(str(table.get("dataset")), columns, ids, oov, _session(model, f"{source}/{MODEL_FILE}", num_threads))
 
 
 # -- export: ID model → ONNX ----------------------------------------------------------------------
@@ -124,7 +128,7 @@ def vocabularies(space: FeatureSpace) -> tuple[list[dict[str, int]], list[int]]:
     return vocab, offsets[:-1]
 
 
-def _probability(model):
+def probability_module(model):
     """The ID model as served: feature ids → click probability (fp32), no autograd."""
     import torch
 
@@ -161,7 +165,7 @@ def onnx_graph(model, space: FeatureSpace) -> bytes:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
             program = torch.onnx.export(
-                _probability(model), (example,), dynamo=True, input_names=["feature_ids"], output_names=["prob"],
+                probability_module(model), (example,), dynamo=True, input_names=["feature_ids"], output_names=["prob"],
                 dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
             )
     except ImportError as err:
@@ -173,7 +177,7 @@ def onnx_model(model, space: FeatureSpace) -> bytes:
     """:func:`onnx_graph`, checked against the eager model on :func:`parity_rows` to PARITY_ATOL
     in onnxruntime (a graph that gives NaN there is refused too)."""
     data = onnx_graph(model, space)
-    _check_parity(_probability(model), _session(data, "the exported graph"), space)
+    _check_parity(probability_module(model), _session(data, "the exported graph"), space)
     return data
 
 
@@ -278,7 +282,7 @@ def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Pat
     if out.exists() and not (out / META_FILE).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an exported model: refusing to overwrite it")
     model, space, meta = load_run(run_dir, ckpt)
-    files = {MODEL_FILE: onnx_model(model, space), VOCAB_FILE: _vocab_json(space)}
+    files = {MODEL_FILE: onnx_model(model, space), VOCAB_FILE: vocab_json(space)}
     import torch
 
     meta.update(
@@ -327,7 +331,7 @@ def load_model_dir(model_dir: str | Path, num_threads: int | None = None) -> Sco
     model_dir = Path(model_dir)
     digests = read_meta(model_dir).get("sha256") or {}
     data = {name: read_verified(model_dir / name, digests.get(name), model_dir / META_FILE) for name in (MODEL_FILE, VOCAB_FILE)}
-    return _scorer(data[MODEL_FILE], data[VOCAB_FILE], model_dir / MODEL_FILE, num_threads)
+    return make_scorer(data[MODEL_FILE], data[VOCAB_FILE], model_dir, num_threads)
 
 
 def load_scorer(path: str | Path, ckpt: str | None = None, num_threads: int | None = None) -> Scorer:
@@ -338,7 +342,7 @@ def load_scorer(path: str | Path, ckpt: str | None = None, num_threads: int | No
     if (path / META_FILE).is_file():
         return load_model_dir(path, num_threads)
     model, space, _ = load_run(path, ckpt)
-    return _scorer(onnx_model(model, space), _vocab_json(space), f"{path} (exported in memory)", num_threads)
+    return make_scorer(onnx_model(model, space), vocab_json(space), f"{path} (exported in memory)", num_threads)
 
 
 # -- raw rows → decoded values → probabilities -------------------------------------------------------
@@ -395,9 +399,17 @@ def encode_rows(scorer: Scorer, frame: pl.DataFrame, source: Path | str = "input
     ids = np.empty((frame.height, len(columns)), dtype=np.int64)
     for f, (name, table, oov) in enumerate(zip(columns, scorer.vocab, scorer.oov)):
         _check_field_type(frame[name], source)
-        values = decode_raw(frame[name], dataset, name)
-        ids[:, f] = values.replace_strict(table, default=oov, return_dtype=pl.Int64).to_numpy()
+        ids[:, f] = _lookup(frame[name], dataset, name, table, oov)
     return ids, ids == np.asarray(scorer.oov)
+
+
+def _lookup(column: pl.Series, dataset: str, name: str, table: dict[str, int], oov: int) -> np.ndarray:
+    """decode_raw + vocabulary lookup of one field column. Decoded once per distinct value (a few
+    thousand in a million rows; the string decoding per row was most of predict's time outside
+    the model), then mapped back onto the rows (nulls and NaN are distinct values too)."""
+    distinct = column.unique()
+    ids = decode_raw(distinct, dataset, name).replace_strict(table, default=oov, return_dtype=pl.Int64)
+    return column.replace_strict(distinct, ids, return_dtype=pl.Int64).to_numpy()
 
 
 # Types with one value per row that decode_raw turns into the loader's text (lists, structs,
