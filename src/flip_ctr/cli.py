@@ -6,7 +6,7 @@ Commands:
             ID model, with a results table; config conf/pipeline.yaml
   analyze   a pipeline run → embedding SVD and field-alignment heatmap (paper Fig. 2/8/9)
   report    run directories → Markdown/CSV results table (mean ± std over seeds, paired t-test)
-  export    RUN_DIR --out MODEL_DIR: an ID-model stage (ctr, finetune_id) → TorchScript + vocabularies
+  export    RUN_DIR --out MODEL_DIR: an ID-model stage (ctr, finetune_id) → ONNX + vocabularies + digests
   predict   MODEL_OR_RUN_DIR --input rows.parquet --output preds.parquet: raw rows → probabilities
   help      this text
 
