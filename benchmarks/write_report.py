@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Writes ``results/benchmarks.md`` (the summary) from the JSON results in ``results/benchmarks/``:
 ``id_models.json`` (bench_id_models.py), ``data.json`` (bench_data.py), ``plm.json``
-(bench_plm.py) and ``scale.json`` (bench_scale.py). Missing files are reported as missing.
+(bench_plm.py), ``scale.json`` (bench_scale.py) and ``serving.json`` (bench_serving.py). Missing files are reported as missing.
 
     python benchmarks/write_report.py
 """
@@ -59,6 +59,34 @@ def machine_line(res: dict, name: str) -> str:
             f"{len(busy)} other busy process(es) at start | `{res['command']}` |")
 
 
+def _best(runs: list[dict], **match) -> dict:
+    runs = [r for r in runs if all(r.get(k) == v for k, v in match.items())]
+    return max(runs, key=lambda r: r["rows_per_s"]) if runs else {}
+
+
+def serving_headlines(serving: dict) -> list[list]:
+    rows = []
+    for threads in serving["args"]["threads"]:
+        r = _best(serving["end_to_end"], input="parquet", threads=threads)
+        if r:
+            rows.append([f"`flip-ctr predict`, {r['rows']:,} ML-1M raw rows (Parquet), DCNv2 ONNX, {threads} thread(s), end to end",
+                         f"{r['rows_per_s']:,.0f} rows/s wall (best of {serving['args']['repeats']}, load {r['loadavg_before']}), "
+                         f"{r['rows_per_cpu_s']:,.0f} per CPU-s", "bench_serving"])
+    return rows
+
+
+def serving_section(serving: dict) -> list[str]:
+    out = ["## 5. Serving: `flip-ctr predict` (ONNX + onnxruntime)", "",
+           f"From `results/benchmarks/serving.md` ({serving['date']}, `{serving['command']}`, load "
+           f"{serving['machine']['loadavg_start']} → {serving['machine'].get('loadavg_end')}): DCNv2 (`conf/id_model/dcnv2.yaml`) "
+           f"exported in {serving['export']['export_s']:.1f} s; {serving['args']['rows']:,} raw rows; every run listed with the "
+           "load average before it.", ""]
+    rows = [[r["input"], r["threads"], f"{r['rows_per_s']:,.0f}", f"{r['rows_per_cpu_s']:,.0f}", f"{r['wall_s']:.1f}",
+             str(r["loadavg_before"])] for r in serving["end_to_end"]]
+    out += [fmt_table(["input", "threads", "rows/s (wall)", "rows per CPU-s", "wall s", "load avg before"], rows), ""]
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -67,6 +95,7 @@ def main(argv=None) -> None:
     d = Path(args.results_dir)
     ids, data, plm, scale = (load(n, d) for n in ("id_models", "data", "plm", "scale"))
     recheck = load("id_models_recheck", d)
+    serving = load("serving", d)
     any_res = next(r for r in (data, plm, scale, ids) if r)
     m = any_res["machine"]
     out = [
@@ -86,10 +115,10 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, res in (("bench_data.py", data), ("bench_plm.py", plm), ("bench_scale.py", scale), ("bench_id_models.py", ids),
-                      ("bench_id_models.py (re-check)", recheck)):
+                      ("bench_id_models.py (re-check)", recheck), ("bench_serving.py", serving)):
         if res:
             out.append(machine_line(res, name))
-    out += ["", "Full tables: `results/benchmarks/{data,plm,scale,id_models}.md`; every number with its settings in the `.json` next to them.", ""]
+    out += ["", "Full tables: `results/benchmarks/{data,plm,scale,id_models}.md`" + (", `serving.md`" if serving else "") + "; every number with its settings in the `.json` next to them.", ""]
 
     # ---------------------------------------------------------------- headline numbers
     out += ["## Headline numbers", ""]
@@ -142,6 +171,8 @@ def main(argv=None) -> None:
         c = scale["large"]["child"]
         rows.append([f"**{c['rows'] / 1e6:.0f}M-row synthetic GoodReads-shaped table → artifact** ({c['rows']:,} rows, 15 fields, {c['num_features']:,} features)",
                      f"**{c['seconds']:.0f} s** wall, **peak RSS {scale['large']['peak_tree_rss_mib'] / 1024:.2f} GiB** (process tree; VmHWM {c['vm_hwm_mib'] / 1024:.2f} GiB)", "bench_scale"])
+    if serving:
+        rows += serving_headlines(serving)
     out += [fmt_table(["what", "value", "from"], rows), ""]
 
     # ---------------------------------------------------------------- sections
@@ -275,11 +306,14 @@ def main(argv=None) -> None:
                     f"{t['assemble_samples_per_s']:,.0f} samples/s at batch 1024 (15 fields, mean padded length {t['mean_padded_length']:.0f} tokens). "
                     "The one-off `TextPieces` build (a Python loop over the values of each field in `data/text.py`) is the slowest step at "
                     "this scale and the memory peak; vectorising it is a follow-up.", ""]
+    if serving:
+        out += serving_section(serving)
     out += ["## Reproduce", "", "```bash",
             ".venv/bin/python benchmarks/bench_data.py        # preprocessing, datamodule, text pipeline side by side (~5 min)",
             ".venv/bin/python benchmarks/bench_plm.py         # matmul, PLM steps, FLOP limit, H100 projection (< 10 min)",
             ".venv/bin/python benchmarks/bench_scale.py --text   # 20M-row synthetic table + streaming preprocessing (~20 min)",
             ".venv/bin/python benchmarks/bench_id_models.py   # DCNv2 vs deepctr-torch (~12 min; needs deepctr-torch)",
+            ".venv/bin/python benchmarks/bench_serving.py     # flip-ctr predict on 1M ML-1M raw rows, ONNX (~5 min; serving extra)",
             ".venv/bin/python benchmarks/write_report.py      # this file", "```", ""]
     Path(args.out).write_text("\n".join(out))
     print("\n".join(out))
