@@ -68,17 +68,24 @@ def test_frequencies_count_training_part_only(loaded_table):
     np.testing.assert_array_equal(counts, parts["feature_frequencies"])
 
 
-def test_cache_roundtrip_and_corruption_rebuild(tmp_path, loaded_table):
-    calls = []
+class CountingSource:
+    """A DataSource stand-in: the toy table, keyed by ``files``; counts its loads."""
 
-    def loader(**kwargs):
-        calls.append(kwargs)
+    def __init__(self, files):
+        self.dataset, self.kwargs, self.files, self.calls = "toy", {}, tuple(files), []
+
+    def load(self):
+        self.calls.append(1)
         return make_loaded_table()
 
+
+def test_cache_roundtrip_and_corruption_rebuild(tmp_path, loaded_table):
     src = tmp_path / "src.csv"
     src.write_text("x")
-    first = load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
-    second = load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
+    source = CountingSource([src])
+    calls = source.calls
+    first = load_or_build(source, SplitConfig(), tmp_path / "cache")
+    second = load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert len(calls) == 1
     np.testing.assert_array_equal(first.value_ids, second.value_ids)
     # corrupt one array: detected through the manifest digest and rebuilt
@@ -88,13 +95,13 @@ def test_cache_roundtrip_and_corruption_rebuild(tmp_path, loaded_table):
     victim.write_bytes(bytes(data))
     with pytest.raises(StaleCacheError):
         read_artifact(first.path)
-    third = load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
+    third = load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert len(calls) == 2
     expected = make_loaded_table().table.sort(["timestamp", "row_in_source"])["label"].to_numpy()
     np.testing.assert_array_equal(third.labels, expected)
     # a changed source file gives a different cache entry
     src.write_text("xy")
-    load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
+    load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert len(calls) == 3
 
 

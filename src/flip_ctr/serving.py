@@ -128,24 +128,17 @@ def script_scorer(model: nn.Module, space: FeatureSpace) -> torch.jit.ScriptModu
 # -- from a run directory -------------------------------------------------------------------------
 def feature_space(data_cfg) -> FeatureSpace:
     """The run's vocabularies, from the preprocessed-data cache (rebuilt from the data if absent).
-    Mirrors CTRDataModule._load_artifact without importing Lightning (which pulls in transformers
-    through torchmetrics); the vocabulary depends only on the data and split config, so even a
-    cache-key mismatch would rebuild the same one."""
+    The same source and cache as CTRDataModule, without importing Lightning (which pulls in
+    transformers through torchmetrics)."""
     from flip_ctr.data.preprocess import SplitConfig, load_or_build
-    from flip_ctr.data.sources import LOADERS
-    from flip_ctr.data.sources.download import resolve_data_dir
+    from flip_ctr.data.sources import data_source
 
-    loader_kwargs = dict(data_cfg.get("loader_kwargs") or {})
-    root = resolve_data_dir(data_cfg.get("data_dir"))
-    if data_cfg.get("data_subdir") and data_cfg.get("data_dir") is None:
-        root = root / data_cfg.data_subdir
-    files = [Path(v) for v in loader_kwargs.values() if isinstance(v, str) and Path(v).is_file()]
-    files += sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
-    artifact = load_or_build(
-        data_cfg.dataset, LOADERS[data_cfg.dataset], {"data_dir": root, **loader_kwargs}, files, split, Path(data_cfg.cache_dir)
+    source = data_source(
+        data_cfg.dataset, data_cfg.get("data_dir"), data_cfg.get("data_subdir"), dict(data_cfg.get("loader_kwargs") or {}),
+        data_cfg.get("path"), data_cfg.get("schema"),
     )
-    return artifact.space
+    split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
+    return load_or_build(source, split, Path(data_cfg.cache_dir)).space
 
 
 def find_checkpoint(run_dir: Path, ckpt: str | None = None) -> Path:

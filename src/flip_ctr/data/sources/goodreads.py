@@ -64,7 +64,14 @@ from flip_ctr.data.schema import (
     LabelRule,
     LoadedTable,
 )
-from flip_ctr.data.sources.table import UNKNOWN, apply_label_rule, locate_dir, read_bytes, require_file
+from flip_ctr.data.sources.table import (
+    UNKNOWN,
+    apply_label_rule,
+    locate_dir,
+    read_bytes,
+    require_file,
+    require_final_newline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +196,7 @@ def _line_of_row(raw: bytes, row: int) -> int:
 
 def _read_ndjson(path: Path, schema: dict, required: tuple[str, ...]) -> tuple[pl.DataFrame, bytes]:
     raw = read_bytes(path)
+    require_final_newline(raw, path)
     try:
         frame = pl.read_ndjson(io.BytesIO(raw), schema=schema)
     except Exception as err:  # noqa: BLE001 - polars found a problem: locate it precisely
@@ -280,14 +288,13 @@ def _books_table(books: pl.DataFrame, authors: pl.DataFrame | None) -> pl.DataFr
     )
 
 
-def load_goodreads(
+def goodreads_files(
     data_dir: str | Path,
     interactions_file: str | Path | None = None,
     books_file: str | Path | None = None,
     authors_file: str | Path | None = None,
-) -> LoadedTable:
-    """Load GoodReads interactions with 15 user/book fields (see the module docstring)."""
-    start = time.perf_counter()
+) -> list[Path]:
+    """The files :func:`load_goodreads` reads: interactions, books and, when present, authors."""
     folder = locate_dir(data_dir, [], [])
     if not any(folder.glob("goodreads_interactions*")) and (folder / "goodreads").is_dir():
         folder = folder / "goodreads"
@@ -296,9 +303,22 @@ def load_goodreads(
     books_path = _pick(folder, books_file, "goodreads_books*.json*", "GoodReads books file", prefer_suffix=genre or None)
     if authors_file is None:
         candidates = [folder / "goodreads_book_authors.json.gz", folder / "goodreads_book_authors.json"]
-        authors_path = next((p for p in candidates if p.is_file()), None)
+        authors = [p for p in candidates if p.is_file()][:1]
     else:
-        authors_path = require_file(Path(authors_file), "GoodReads authors file")
+        authors = [require_file(Path(authors_file), "GoodReads authors file")]
+    return [inter_path, books_path, *authors]
+
+
+def load_goodreads(
+    data_dir: str | Path,
+    interactions_file: str | Path | None = None,
+    books_file: str | Path | None = None,
+    authors_file: str | Path | None = None,
+) -> LoadedTable:
+    """Load GoodReads interactions with 15 user/book fields (see the module docstring)."""
+    start = time.perf_counter()
+    inter_path, books_path, *authors = goodreads_files(data_dir, interactions_file, books_file, authors_file)
+    authors_path = authors[0] if authors else None
     log.info("GoodReads: interactions %s, books %s, authors %s", inter_path, books_path, authors_path)
 
     inter, inter_raw = _read_ndjson(inter_path, _INTERACTION_SCHEMA, _REQUIRED_INTERACTION_KEYS)
@@ -348,4 +368,4 @@ def load_goodreads(
     return loaded
 
 
-__all__ = ["GOODREADS_SCHEMA", "GOODREADS_LABEL_RULE", "GENERIC_SHELVES", "load_goodreads"]
+__all__ = ["GOODREADS_SCHEMA", "GOODREADS_LABEL_RULE", "GENERIC_SHELVES", "goodreads_files", "load_goodreads"]
