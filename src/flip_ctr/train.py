@@ -203,9 +203,9 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     trainer.strategy.barrier("flip_ctr_tested")  # DDP: rank 0 has written metrics.json
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     metrics.update(
-        dataset=cfg.data.dataset,
+        dataset=datamodule.dataset_name,
         id_model=cfg.id_model.get("name"),
-        plm=cfg.plm.get("name") if "plm" in cfg else None,
+        plm=_plm_used(cfg, stage),
         stage=stage.name,
         ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
         seed=cfg.seed,
@@ -219,6 +219,14 @@ def run_stage(cfg: DictConfig, stage: DictConfig, stage_dir: Path, datamodule=No
     for lg in loggers:
         lg.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
+
+
+def _plm_used(cfg: DictConfig, stage: DictConfig) -> str | None:
+    """The PLM a stage's result depends on: None for an ID model trained from scratch (ctr, or
+    finetune_id without aligned weights), which never touches one."""
+    if "plm" not in cfg or (stage.name in ("ctr", "finetune_id") and not stage.get("pretrained_dir")):
+        return None
+    return cfg.plm.get("name")
 
 
 def _without_model_selection(callbacks: list) -> list:
