@@ -16,7 +16,8 @@ year ("unknown" for the dump's 0), publisher. Value clean-up (documented): surro
 whitespace is stripped, line breaks inside a value become a space, and HTML entities in book
 title/author/publisher (``&amp;``) are unescaped. Empty values become "unknown".
 
-Label: Book-Rating > 5 → 1, else 0 (implicit 0 ratings are negatives). The dump has no
+Label: Book-Rating > 5 → 1, else 0 (implicit 0 ratings are negatives). A Book-Rating that is not
+an integer from 0 to 10 is an error naming its line. The dump has no
 timestamps: ``schema.time_column`` is None and ``row_in_source`` (the ratings file order) is
 the chronological proxy.
 
@@ -44,6 +45,7 @@ from flip_ctr.data.sources.table import (
     UNKNOWN,
     apply_label_rule,
     cast_number,
+    cast_rating,
     check_references,
     locate_dir,
     read_text,
@@ -53,6 +55,7 @@ from flip_ctr.data.sources.table import (
 log = logging.getLogger(__name__)
 
 BX_LABEL_RULE = LabelRule(threshold=5, drop_equal=False)  # rating > 5 → 1, else 0
+BX_RATINGS = (0, 10)  # "explicit (1-10) or implicit (0)" (the dump's documentation)
 
 USERS_HEADER = ("User-ID", "Location", "Age")
 BOOKS_HEADER = (
@@ -263,7 +266,7 @@ def _build(files: list[Path], missing_books: str, fast: bool) -> LoadedTable:
         {
             "user_key": cast_number(raw, "User-ID", ratings_path),
             "isbn": raw["ISBN"].str.strip_chars(),
-            "rating": cast_number(raw, "Book-Rating", ratings_path),
+            "rating": cast_rating(raw, "Book-Rating", ratings_path, *BX_RATINGS),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
     ).with_row_index(ROW_COLUMN).with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))

@@ -76,6 +76,7 @@ from flip_ctr.data.sources.table import (
 log = logging.getLogger(__name__)
 
 GOODREADS_LABEL_RULE = LabelRule(threshold=3, drop_equal=False)  # rating > 3 → 1, else 0
+GOODREADS_RATINGS = (0, 5)  # 1-5 stars, 0 = shelved without a rating
 DATE_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 
 GOODREADS_SCHEMA = DatasetSchema(
@@ -346,6 +347,13 @@ def load_goodreads(
         raise DataError(
             f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'date_added': expected a date like "
             f"'Tue Oct 17 14:33:58 -0700 2017', got {inter['date_added'][i]!r}"
+        )
+    bad = ~inter["rating"].is_between(*GOODREADS_RATINGS)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'rating': expected an integer rating from "
+            f"{GOODREADS_RATINGS[0]} to {GOODREADS_RATINGS[1]}, got {inter['rating'][i]!r}"
         )
     missing = ~inter["book_id"].is_in(books["book_id"])
     if missing.any():

@@ -8,6 +8,9 @@ Label rule (both datasets, FLIP_METHOD.md Table I for ML-1M): rating > 3 → 1, 
 rating == 3 dropped. ML-100K has no rule in the paper; it uses the same rule so that the two
 MovieLens datasets are comparable (the drop is logged).
 
+Ratings must be whole stars 1-5 (the documented scale); any other value is an error naming its
+line, as is a file that does not end with a newline (possibly truncated).
+
 Missing values: a genre list with no genre becomes ``"unknown"``; ML-100K titles/years that
 the source marks as unknown become ``"unknown"``. No row is dropped except by the label rule,
 and a rating that references a user or movie absent from the users/movies file is an error.
@@ -36,6 +39,7 @@ from flip_ctr.data.sources.table import (
     UNKNOWN,
     apply_label_rule,
     cast_number,
+    cast_rating,
     check_references,
     check_unique,
     locate_dir,
@@ -49,6 +53,8 @@ log = logging.getLogger(__name__)
 
 # rating > 3 → 1, < 3 → 0, == 3 dropped
 MOVIELENS_LABEL_RULE = LabelRule(threshold=3, drop_equal=True)
+# the GroupLens README: "Ratings are made on a 5-star scale (whole-star ratings only)"
+MOVIELENS_RATINGS = (1, 5)
 
 ML1M_AGES = {
     1: "under 18",
@@ -239,7 +245,7 @@ def _ml1m_ratings(path: Path) -> pl.DataFrame:
         {
             "user_key": cast_number(raw, "UserID", path),
             "item_key": cast_number(raw, "MovieID", path),
-            "rating": cast_number(raw, "Rating", path),
+            "rating": cast_rating(raw, "Rating", path, *MOVIELENS_RATINGS),
             TIME_COLUMN: cast_number(raw, "Timestamp", path),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
@@ -309,7 +315,7 @@ def _ml100k_original(data_path: Path, user_path: Path, item_path: Path) -> tuple
         {
             "user_key": cast_number(raw, "user id", data_path),
             "item_key": cast_number(raw, "item id", data_path),
-            "rating": cast_number(raw, "rating", data_path, dtype=pl.Float64),
+            "rating": cast_rating(raw, "rating", data_path, *MOVIELENS_RATINGS),
             TIME_COLUMN: cast_number(raw, "timestamp", data_path),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
@@ -396,7 +402,7 @@ def _ml100k_atomic(inter_path: Path, user_path: Path, item_path: Path) -> tuple[
         {
             "user_key": cast_number(raw, "user", inter_path, what="user_id"),
             "item_key": cast_number(raw, "item", inter_path, what="item_id"),
-            "rating": cast_number(raw, "rating", inter_path, dtype=pl.Float64),
+            "rating": cast_rating(raw, "rating", inter_path, *MOVIELENS_RATINGS),
             TIME_COLUMN: cast_number(raw, "timestamp", inter_path, dtype=pl.Float64).floor().cast(pl.Int64),
             LINE_COLUMN: raw[LINE_COLUMN],
         }

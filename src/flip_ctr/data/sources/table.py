@@ -233,6 +233,20 @@ def cast_number(
     return out
 
 
+def cast_rating(frame: pl.DataFrame, column: str, path: Path, low: int, high: int, *, what: str | None = None) -> pl.Series:
+    """A rating column → Int64, each value an integer in the dataset's documented scale
+    ``[low, high]``; the first that is not (text, a fraction, out of range) raises DataError with its line."""
+    numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
+    bad = (numbers.is_null() | ~numbers.is_between(low, high) | (numbers != numbers.floor())).fill_null(True)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{path} line {frame[LINE_COLUMN][i]}: column {what or column!r}: expected an integer rating from {low} to {high}, "
+            f"got {frame[column][i]!r} ({int(bad.sum())} such value(s) in the file)"
+        )
+    return numbers.cast(pl.Int64)
+
+
 def check_unique(frame: pl.DataFrame, column: str, path: Path, what: str) -> None:
     """Duplicate keys in a users/items file would multiply rating rows in the join."""
     dup = ~frame[column].is_first_distinct()
@@ -493,6 +507,7 @@ __all__ = [
     "text_lines",
     "split_delimited",
     "cast_number",
+    "cast_rating",
     "check_unique",
     "check_references",
     "locate_dir",

@@ -43,6 +43,7 @@ REQUIRED_TOP = ("name", "fields", "label")
 FIELD_KEYS = {"column", "name", "side", "missing"}
 LABEL_KEYS = {"column", "threshold", "drop_equal", "positive", "negative"}
 SIDES = ("user", "item", "context")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _yaml_loader():
@@ -175,6 +176,8 @@ def read_table_schema(schema_yaml: str | Path) -> dict[str, Any]:
         if key not in spec:
             raise _key_error(yaml_path, key, f"missing (required keys: {', '.join(REQUIRED_TOP)})")
     name = _non_empty_text(spec, "name", yaml_path, "name")
+    if not NAME_PATTERN.fullmatch(name):
+        raise _key_error(yaml_path, "name", f"expected letters, digits, '_', '-' or '.' (it names run folders), got {name!r}")
     missing = _text_list(spec["missing"], yaml_path, "missing") if "missing" in spec else ()
     fields = _fields(spec, yaml_path, missing)
     label = _label(spec, yaml_path, [f["column"] for f in fields], missing)
