@@ -78,6 +78,30 @@ def test_plm_sentence_embedding_pooling_and_its_round_trip(tmp_path):
         enc.pooling = "max"
 
 
+def test_an_aligned_plm_saved_without_its_pooler_reloads_without_reporting_it_missing(tmp_path, capfd):
+    torch.manual_seed(0)
+    enc = PLMEncoder.from_config(tiny_config(), mask_token_id=MASK_TOKEN)
+    enc.save_pretrained(tmp_path / "aligned")  # what pretraining writes: no pooler weights
+    capfd.readouterr()
+    reloaded = PLMEncoder.from_pretrained(tmp_path / "aligned", mask_token_id=MASK_TOKEN)
+    out, err = capfd.readouterr()
+    assert "pooler" not in out + err and "MISSING" not in out + err, out + err
+    assert getattr(reloaded.model, "pooler", None) is None
+    ids, att = torch.randint(5, VOCAB, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    enc.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(enc(ids, att), reloaded(ids, att), atol=1e-6)
+    # a checkpoint that has pooler weights still loads them (then drops them) without reporting them unexpected
+    with_pooler = tmp_path / "with_pooler"
+    from transformers import BertModel
+
+    BertModel(tiny_config()).save_pretrained(with_pooler)
+    capfd.readouterr()
+    PLMEncoder.from_pretrained(with_pooler, mask_token_id=MASK_TOKEN)
+    out, err = capfd.readouterr()
+    assert "UNEXPECTED" not in out + err and "MISSING" not in out + err, out + err
+
+
 def test_plm_keep_layers_truncates():
     torch.manual_seed(0)
     full = PLMEncoder.from_config(tiny_config(layers=3))

@@ -139,3 +139,17 @@ def test_large_tables_report_progress_per_field(loaded_table, caplog, monkeypatc
     fields = loaded_table.schema.field_columns
     lines = [r.getMessage() for r in caplog.records if "indexed field" in r.getMessage()]
     assert [m.split(":")[0] for m in lines] == [f"indexed field {i}/{len(fields)} {c!r}" for i, c in enumerate(fields, 1)]
+
+
+def test_frequencies_read_back_writable(tmp_path, loaded_table):
+    """torch.as_tensor of a read-only memmap warns (once per process, in every pretraining run)."""
+    import warnings
+
+    import torch
+
+    write_artifact(build_artifact(loaded_table, SplitConfig()), tmp_path / "a")
+    artifact = read_artifact(tmp_path / "a")
+    assert artifact.feature_frequencies.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.as_tensor(artifact.feature_frequencies, dtype=torch.float)
