@@ -121,8 +121,8 @@ def _input_errors() -> tuple[type[Exception], ...]:
 def _exit_on_input_error(err: Exception) -> None:
     """Bad data or config: one line on stderr and exit status 2 (HYDRA_FULL_ERROR=1: the traceback)."""
     if isinstance(err, _input_errors()) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-        command = os.environ.get(_COMMAND_ENV, "")
-        print(f"flip-ctr {command}: {' '.join(str(err).split())}".replace("  ", " "), file=sys.stderr)
+        command = os.environ.get(_COMMAND_ENV)
+        print(f"flip-ctr{' ' + command if command else ''}: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -30,6 +30,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+
 import polars as pl
 
 from flip_ctr.data.schema import (
