@@ -164,6 +164,12 @@ def test_directory_of_parquet_files_and_data_dir_as_the_table(tmp_path):
     # data.data_dir=<the table file> works like data.path (the table.py docstring's promise)
     source = data_source("table", data_dir=str(table), schema=str(schema))
     assert source.files == (table, schema) and source.load().table.equals(whole)
+    # ... and is the same cache entry: only where the files are differs, not which files or how they are read
+    from flip_ctr.data import cache
+
+    same = data_source("table", path=str(table), schema=str(schema))
+    locate = lambda s: cache.locate(tmp_path / "c", s.dataset, s.options, list(s.files), {}).path  # noqa: E731
+    assert locate(source) == locate(same)
     assert data_source("table", path=str(parts), schema=str(schema)).files == (parts / "part-0.parquet", parts / "part-1.parquet", schema)
 
 

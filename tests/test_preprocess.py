@@ -72,7 +72,7 @@ class CountingSource:
     """A DataSource stand-in: the toy table, keyed by ``files``; counts its loads."""
 
     def __init__(self, files):
-        self.dataset, self.kwargs, self.files, self.calls = "toy", {}, tuple(files), []
+        self.dataset, self.options, self.files, self.calls = "toy", {}, tuple(files), []
 
     def load(self):
         self.calls.append(1)

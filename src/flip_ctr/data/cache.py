@@ -3,8 +3,8 @@
 An entry is the artifact directory ``<cache_dir>/<dataset>-<key>/`` of
 :mod:`flip_ctr.data.preprocess`. ``key`` digests
 
-- the **request**: the dataset (loader), the loader's arguments, the split fractions and the paths
-  of the files the loader reads (``flip_ctr.data.sources.FILES``: never the rest of the data
+- the **request**: the dataset (loader), the loader's options (not the arguments that only say
+  where files are), the split fractions and the paths of the files the loader reads (``flip_ctr.data.sources.FILES``: never the rest of the data
   folder, so run or cache folders beside a table change nothing);
 - the **content**: the SHA-256 of each of those files, so any edit (even one that keeps a file's
   size and mtime) gives a new entry.
@@ -104,15 +104,15 @@ def _plain(value: object) -> object:
     return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 
-def locate(cache_dir: Path, dataset: str, arguments: dict, files: list[Path], split: dict) -> CacheEntry:
-    """The entry of this dataset, loader arguments, split and file content (see the module docstring)."""
+def locate(cache_dir: Path, dataset: str, options: dict, files: list[Path], split: dict) -> CacheEntry:
+    """The entry of this dataset, loader options, split and file content (see the module docstring)."""
     memo = DigestMemo(cache_dir)
     files_info = [{"path": str(Path(p).resolve()), "size": Path(p).stat().st_size, "sha256": memo.digest(Path(p))} for p in files]
     memo.save()
     request = {
         "format": CACHE_FORMAT_VERSION,
         "dataset": dataset,
-        "arguments": {k: _plain(v) for k, v in sorted(arguments.items())},
+        "options": {k: _plain(v) for k, v in sorted(options.items())},
         "split": split,
         "files": [f["path"] for f in files_info],
     }
@@ -137,7 +137,7 @@ def _entry_dirs(cache_dir: Path) -> list[Path]:
 
 
 def prune_superseded(entry: CacheEntry) -> list[Path]:
-    """Removes the other entries of ``entry``'s request (same dataset, arguments, split and file
+    """Removes the other entries of ``entry``'s request (same dataset, options, split and file
     paths, older content). Returns what was removed."""
     removed = []
     for other in _entry_dirs(entry.path.parent):

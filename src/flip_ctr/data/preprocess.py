@@ -288,9 +288,9 @@ def read_artifact(path: Path, verify: bool = True) -> Artifact:
 
 def load_or_build(source, split: SplitConfig, cache_dir: Path) -> Artifact:
     """The cached artifact of ``source`` (a :class:`flip_ctr.data.sources.DataSource`: ``dataset``,
-    ``kwargs``, ``files``, ``load()``) and ``split``, built when absent, stale or corrupt. A new
+    ``options``, ``files``, ``load()``) and ``split``, built when absent, stale or corrupt. A new
     entry supersedes (removes) the entries of the same request built from older file content."""
-    entry = cache.locate(Path(cache_dir), source.dataset, source.kwargs, list(source.files), asdict(split))
+    entry = cache.locate(Path(cache_dir), source.dataset, source.options, list(source.files), asdict(split))
     if entry.path.exists():
         try:
             artifact = read_artifact(entry.path)

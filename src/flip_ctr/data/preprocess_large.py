@@ -263,8 +263,7 @@ def load_or_build_large(
     split and the content of the input files and the schema (:mod:`flip_ctr.data.cache`)."""
     split = split or SplitConfig()
     files = [*parquet_files(table_path), Path(schema_yaml)]
-    kwargs = {"table_path": str(table_path), "schema_yaml": str(schema_yaml), "engine": "streaming"}
-    entry = cache.locate(Path(cache_dir), dataset, kwargs, files, asdict(split))
+    entry = cache.locate(Path(cache_dir), dataset, {"engine": "streaming"}, files, asdict(split))
     if entry.path.exists():
         try:
             return read_artifact(entry.path)

@@ -46,6 +46,10 @@ def load_dataset(name: str, data_dir: str | Path, **kwargs: Any) -> LoadedTable:
     return LOADERS[name](data_dir, **kwargs)
 
 
+# Loader arguments that only say where files are: what they point to is ``DataSource.files``.
+PATH_ARGUMENTS = frozenset({"data_dir", "path", "schema_yaml", "ratings_file", "interactions_file", "books_file", "authors_file"})
+
+
 @dataclass(frozen=True)
 class DataSource:
     """One dataset to load: its loader, the loader's arguments, and the files it will read."""
@@ -53,6 +57,12 @@ class DataSource:
     dataset: str
     kwargs: dict = field(hash=False)
     files: tuple[Path, ...]
+
+    @property
+    def options(self) -> dict:
+        """The arguments that change what is loaded from ``files`` (e.g. ``missing_books``), not where
+        they are: ``data.path=t.csv`` and ``data.data_dir=t.csv`` are one cache entry."""
+        return {k: v for k, v in self.kwargs.items() if k not in PATH_ARGUMENTS}
 
     def load(self) -> LoadedTable:
         loaded = LOADERS[self.dataset](**self.kwargs)
