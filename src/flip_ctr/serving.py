@@ -7,7 +7,8 @@ stage (a ``flip-ctr train`` run, or ``<pipeline run>/finetune_id`` / ``scratch``
                             forward(feature_ids [B, F] int64) -> click probability [B] float32
                             encode(values: List[List[str]]) -> feature ids (values[f] = field f of every row)
                             score(values) -> probabilities
-                            attributes: dataset, columns, vocab (per field: value -> feature id), oov
+                            attributes: dataset, columns, vocab (per field: value -> feature id), oov,
+                            missing (per field: raw values that mean "missing")
     MODEL_DIR/serving.json  metadata: dataset, fields, ID model spec, source run and checkpoint
 
 ``flip-ctr predict MODEL_OR_RUN_DIR --input rows.parquet --output preds.parquet`` scores raw rows
@@ -57,14 +58,17 @@ class Scorer(nn.Module):
     columns: List[str]
     vocab: List[Dict[str, int]]
     oov: List[int]
+    missing: List[List[str]]
 
-    def __init__(self, model: nn.Module, dataset: str, columns: list[str], vocab: list[dict[str, int]], oov: list[int]):
+    def __init__(self, model: nn.Module, dataset: str, columns: list[str], vocab: list[dict[str, int]], oov: list[int],
+                 missing: list[list[str]]):
         super().__init__()
         self.model = model
         self.dataset = dataset
         self.columns = columns
         self.vocab = vocab
         self.oov = oov
+        self.missing = missing  # per field: the raw values that mean "missing" (a table schema's missing:)
 
     def forward(self, feature_ids: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(feature_ids)[1].float())
@@ -122,30 +126,24 @@ def script_scorer(model: nn.Module, space: FeatureSpace) -> torch.jit.ScriptModu
         # torch's own annotation inspection warns about dtype-specific Tensor subtypes: not ours to fix
         warnings.filterwarnings("ignore", message="TorchScript will treat type annotations")
         inner = compile_id_model(model, example)
-        return torch.jit.script(Scorer(inner, space.schema.name, space.schema.field_columns, vocab, oov))
+        missing = [list(f.missing) for f in space.schema.fields]
+        return torch.jit.script(Scorer(inner, space.schema.name, space.schema.field_columns, vocab, oov, missing))
 
 
 # -- from a run directory -------------------------------------------------------------------------
 def feature_space(data_cfg) -> FeatureSpace:
     """The run's vocabularies, from the preprocessed-data cache (rebuilt from the data if absent).
-    Mirrors CTRDataModule._load_artifact without importing Lightning (which pulls in transformers
-    through torchmetrics); the vocabulary depends only on the data and split config, so even a
-    cache-key mismatch would rebuild the same one."""
+    The same source and cache as CTRDataModule, without importing Lightning (which pulls in
+    transformers through torchmetrics)."""
     from flip_ctr.data.preprocess import SplitConfig, load_or_build
-    from flip_ctr.data.sources import LOADERS
-    from flip_ctr.data.sources.download import resolve_data_dir
+    from flip_ctr.data.sources import data_source
 
-    loader_kwargs = dict(data_cfg.get("loader_kwargs") or {})
-    root = resolve_data_dir(data_cfg.get("data_dir"))
-    if data_cfg.get("data_subdir") and data_cfg.get("data_dir") is None:
-        root = root / data_cfg.data_subdir
-    files = [Path(v) for v in loader_kwargs.values() if isinstance(v, str) and Path(v).is_file()]
-    files += sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
-    artifact = load_or_build(
-        data_cfg.dataset, LOADERS[data_cfg.dataset], {"data_dir": root, **loader_kwargs}, files, split, Path(data_cfg.cache_dir)
+    source = data_source(
+        data_cfg.dataset, data_cfg.get("data_dir"), data_cfg.get("data_subdir"), dict(data_cfg.get("loader_kwargs") or {}),
+        data_cfg.get("path"), data_cfg.get("schema"),
     )
-    return artifact.space
+    split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
+    return load_or_build(source, split, Path(data_cfg.cache_dir)).space
 
 
 def find_checkpoint(run_dir: Path, ckpt: str | None = None) -> Path:
@@ -221,6 +219,7 @@ def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Pat
             dataset=space.schema.name,
             columns=space.schema.field_columns,
             field_names=space.schema.field_names,
+            missing={f.column: list(f.missing) for f in space.schema.fields if f.missing},
             num_features=space.num_features,
             vocabulary_sizes=list(space.num_seen),
             torch=torch.__version__,
@@ -254,10 +253,10 @@ def _movielens_codes() -> dict[str, dict[str, dict[str, str]]]:
     }
 
 
-def decode_raw(column: pl.Series, dataset: str, name: str) -> pl.Series:
+def decode_raw(column: pl.Series, dataset: str, name: str, missing: list[str] | tuple[str, ...] = ()) -> pl.Series:
     """One raw column → the loader's decoded text. Generic (every loader): any dtype becomes text
     (integral floats, e.g. pandas' nullable ints, as integers), surrounding whitespace stripped,
-    null/empty → "unknown". Dataset codes the loaders decode are decoded too, and decoded
+    null/empty/a ``missing`` marker → "unknown" (the one missing value, as in training). Dataset codes the loaders decode are decoded too, and decoded
     values pass unchanged: ML-1M gender M/F, age and occupation codes, "A|B" genres; ML-100K
     gender M/F and a title's trailing "(YYYY)"; Book-Crossing age NULL and year 0."""
     from flip_ctr.data.sources.movielens import _readable_genres, _split_title_year
@@ -268,7 +267,8 @@ def decode_raw(column: pl.Series, dataset: str, name: str) -> pl.Series:
         kept = s.drop_nulls()
         if (kept == kept.round()).all():
             s = s.cast(pl.Int64)
-    s = s.cast(pl.Utf8).str.strip_chars().replace("", None).fill_null(OOV_TEXT)
+    s = s.cast(pl.Utf8).str.strip_chars()
+    s = pl.select(pl.when(s.is_in(["", *missing])).then(None).otherwise(s)).to_series().fill_null(OOV_TEXT)
     codes = _movielens_codes().get(dataset, {}).get(name)
     if codes:
         s = s.replace(codes)
@@ -281,19 +281,26 @@ def decode_raw(column: pl.Series, dataset: str, name: str) -> pl.Series:
     return s.alias(name)
 
 
+def _value_hint(dataset: str) -> str:
+    from flip_ctr.data.sources import LOADERS
+
+    if dataset in LOADERS and dataset != "table":
+        return f"values as the {dataset} loader decodes them, or raw; see docs/serving.md"
+    return "raw values as in the training table; see docs/serving.md"
+
+
 def encode_rows(scorer, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(feature ids [N, F], whether each value was out of vocabulary [N, F]); a missing field
     column is a KeyError that names it and lists what is expected."""
     columns, dataset = list(scorer.columns), str(scorer.dataset)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise KeyError(
-            f"input lacks field column(s) {missing}; a {dataset} model expects the columns {columns} "
-            f"(values as the {dataset} loader decodes them, see docs/serving.md)"
-        )
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise KeyError(f"input lacks field column(s) {absent}; a {dataset} model expects the columns {columns} ({_value_hint(dataset)})")
+    # models exported before missing markers existed have no such attribute
+    markers = [list(m) for m in scorer.missing] if hasattr(scorer, "missing") else [[] for _ in columns]
     ids = np.empty((frame.height, len(columns)), dtype=np.int64)
     for f, (name, table, oov) in enumerate(zip(columns, scorer.vocab, scorer.oov)):
-        values = decode_raw(frame[name], dataset, name)
+        values = decode_raw(frame[name], dataset, name, markers[f])
         ids[:, f] = values.replace_strict(table, default=oov, return_dtype=pl.Int64).to_numpy()
     return ids, ids == np.asarray(scorer.oov)
 
