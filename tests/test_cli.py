@@ -249,6 +249,12 @@ BAD_VALUES = [
     ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, got 0"),
     ("num_threads=0", "num_threads must be an integer >= 1, got 0"),
     ("data=table", "data.schema is required with data=table"),
+    ("ablation.nce=plain", "ablation.nce must be one of corrected, negative_sampling, got 'plain'"),
+    ("ablation.icl_projection=cosine", "ablation.icl_projection must be one of layernorm, l2, got 'cosine'"),
+    ("protocol.patience=0", "protocol.patience must be an integer >= 1, got 0"),
+    ("protocol.select_on=test", "protocol.select_on=test is the paper protocol's rule alone (protocol=refit"),
+    ("regularization.l2.embedding=-1e-5", "regularization.l2.embedding must be a number >= 0, got -1e-05"),
+    ("id_model.cross_type=lowrank", "id_model.cross_type must be one of full, mix, got 'lowrank'"),
 ]
 
 

@@ -117,6 +117,30 @@ ABLATION_RULES: dict[str, Check] = {
     "num_noise": integer(1),
     "noise_scope": one_of("field", "global"),
     "head_hidden_dim": integer(1),
+    "icl_projection": one_of("layernorm", "l2"),
+    "nce": one_of("corrected", "negative_sampling"),
+    "mtm_input": one_of("masked_and_attended", "attended"),
+    "remove_accidental_hits": optional(boolean),
+}
+PROTOCOL_RULES: dict[str, Check] = {
+    "name": one_of("refit", "paper", "holdout"),
+    "fit_split": one_of("fit", "train"),
+    "select_on": one_of("val", "test"),
+    "patience": integer(1),
+}
+ID_MODEL_RULES: dict[str, Check] = {
+    "embedding_dim": integer(1),
+    "dropout": number(0, 1, high_open=True),
+    "linear_term": boolean,
+    "embedding_init_std": number(0, low_open=True),
+    "cross_type": one_of("full", "mix"),
+    "num_cross_layers": integer(1),
+    "num_experts": integer(1),
+    "low_rank": integer(1),
+}
+REGULARIZATION_RULES: dict[str, Check] = {
+    **{f"l2.{group}": number(0) for group in ("embedding", "linear", "head", "cross")},
+    "bce_reduction": one_of("mean", "sum"),
 }
 STAGE_RULES: dict[str, Check] = {
     "batch_size": integer(1),
@@ -131,6 +155,7 @@ STAGE_RULES: dict[str, Check] = {
     "warmup_ratio": number(0, 1, high_open=True),
     "validate": boolean,
     "needs_text": boolean,
+    "train_split": one_of("fit", "train"),
 }
 
 
@@ -166,6 +191,16 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError("data.path is required with data=table: data.path=FILE_OR_DIR data.schema=SCHEMA.yaml (docs/own_data.md)")
 
 
+def _check_protocol(cfg: DictConfig) -> None:
+    _check_group(cfg, "protocol", PROTOCOL_RULES)
+    protocol = cfg.get("protocol")
+    if protocol is not None and (protocol.get("select_on") == "test") != (protocol.get("name") == "paper"):
+        raise ConfigError(
+            f"protocol.select_on=test is the paper protocol's rule alone (protocol={protocol.get('name')}, "
+            f"select_on={protocol.get('select_on')}): the test split may not choose anything under another protocol"
+        )
+
+
 def _stage_prefixes(cfg: DictConfig) -> list[str]:
     if "stages" in cfg:
         return [f"stages.{name}" for name in cfg.stages]
@@ -186,6 +221,9 @@ def validate_config(cfg: DictConfig) -> None:
     _check_group(cfg, "", TOP_RULES)
     _check_data(cfg)
     _check_group(cfg, "ablation", ABLATION_RULES)
+    _check_group(cfg, "id_model", ID_MODEL_RULES)
+    _check_group(cfg, "regularization", REGULARIZATION_RULES)
+    _check_protocol(cfg)
     for prefix in _stage_prefixes(cfg):
         _check_group(cfg, prefix, STAGE_RULES)
     _check_strategies(cfg)
