@@ -29,7 +29,7 @@ test-slow: ## real-data tests (ML-1M/ML-100K, real MiniLM)
 train: ## the main job: FLIP pipeline (pretrain → scratch / FLIP_ID / FLIP_PLM / FLIP) on ML-100K, CPU scale
 	$(VENV)/bin/flip-ctr pipeline $(ARGS)
 
-ids: ## the nine ID baselines on ML-1M and ML-100K, 3 seeds → results/id_baselines.md (resumable)
+ids: ## the nine ID baselines on ML-1M and ML-100K, 5 seeds, protocol=refit → results/id_baselines_refit.md (resumable)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/id_baselines.sh outputs/id_baselines num_threads=1 $(ARGS)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/write_id_results.sh outputs/id_baselines
 

@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT=${1:?usage: scripts/id_baselines.sh ROOT [overrides...]}; shift
 DATASETS=${DATASETS:-"ml1m ml100k"}
 MODELS=${MODELS:-"afm pnn wide_deep dcn deepfm xdeepfm autoint dcnv2 afn"}
-SEEDS=${SEEDS:-"1 2 3"}
+SEEDS=${SEEDS:-"1 2 3 4 5"}
 JOBS=${JOBS:-2}
 FLIP_CTR=${FLIP_CTR:-flip-ctr}
 mkdir -p "$ROOT"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 # ---------------------------------------------------------------- MovieLens-1M (GroupLens .dat)
@@ -228,3 +229,32 @@ def write_goodreads(folder: Path, *, interactions=None, books=None, authors=GOOD
     if authors is not None:
         write_jsonl(folder / "goodreads_book_authors.json.gz", authors)
     return folder
+
+
+# ---------------------------------------------------------------- enough rows to train on
+
+def bx_training_ratings(n: int = 240) -> list[str]:
+    """``n`` ratings of the fixture users and books (every user-book pair, ratings 0-10 whose
+    label depends on the user and the book), enough for a train/validation/test split."""
+    users, isbns = ["1", "2", "3", "4"], ["0195153448", "0002005018", "0060973129", "0789466953", "9999999999"]
+    rows = []
+    for k in range(n):
+        u, i = users[k % 4], isbns[(k // 4) % 5]
+        likes = (int(u) % 2 == 0) == (isbns.index(i) % 2 == 0)
+        rows.append((u, i, str(8 + k % 3 if likes else k % 5)))
+    return bx_ratings_lines(rows)
+
+
+def goodreads_training_interactions(n: int = 240) -> list[dict]:
+    """``n`` interactions of two users with the two fixture books, one a day (date_added), ratings 0-5."""
+    base = GOODREADS_INTERACTIONS[0]
+    users = [base["user_id"], GOODREADS_INTERACTIONS[2]["user_id"]]
+    books = [b["book_id"] for b in GOODREADS_BOOKS]
+    rows = []
+    for k in range(n):
+        u, b = k % 2, (k // 2) % 2
+        rating = 5 - k % 2 if u == b else k % 3
+        added = datetime(2001, 1, 1, tzinfo=timezone.utc) + timedelta(hours=7 * k)
+        rows.append({**base, "user_id": users[u], "book_id": books[b], "rating": rating,
+                     "date_added": added.strftime("%a %b %d %H:%M:%S %z %Y")})
+    return rows

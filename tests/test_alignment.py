@@ -79,6 +79,37 @@ def test_plm_sentence_embedding_pooling_and_its_round_trip(tmp_path):
         enc.pooling = "max"
 
 
+def test_an_aligned_plm_saved_without_its_pooler_reloads_without_reporting_it_missing(tmp_path, capfd, caplog):
+    torch.manual_seed(0)
+    enc = PLMEncoder.from_config(tiny_config(), mask_token_id=MASK_TOKEN)
+    enc.save_pretrained(tmp_path / "aligned")  # what pretraining writes: no pooler weights
+
+    def reported() -> str:  # transformers' load report goes to its logger (and from there to stderr)
+        out, err = capfd.readouterr()
+        text = out + err + caplog.text
+        caplog.clear()
+        return text
+
+    reported()
+    reloaded = PLMEncoder.from_pretrained(tmp_path / "aligned", mask_token_id=MASK_TOKEN)
+    text = reported()
+    assert "pooler" not in text and "MISSING" not in text, text
+    assert getattr(reloaded.model, "pooler", None) is None
+    ids, att = torch.randint(5, VOCAB, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    enc.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(enc(ids, att), reloaded(ids, att), atol=1e-6)
+    # a checkpoint that has pooler weights still loads them (then drops them) without reporting them unexpected
+    with_pooler = tmp_path / "with_pooler"
+    from transformers import BertModel
+
+    BertModel(tiny_config()).save_pretrained(with_pooler)
+    reported()
+    PLMEncoder.from_pretrained(with_pooler, mask_token_id=MASK_TOKEN)
+    text = reported()
+    assert "UNEXPECTED" not in text and "MISSING" not in text, text
+
+
 def test_plm_keep_layers_truncates():
     torch.manual_seed(0)
     full = PLMEncoder.from_config(tiny_config(layers=3))

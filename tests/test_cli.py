@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 import fixtures_data as fx
+from flip_ctr.config import ConfigError, validate_config
 from test_datamodule import make_dm, write_ml100k_fixture
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -90,6 +92,7 @@ def test_compose_every_option(config, row, tmp_path):
             continue
         assert chosen.name == option, (group, option)
     assert cfg.paths.output_dir == str(tmp_path)
+    validate_config(cfg)  # every shipped option passes the checks run before a job
     # the pieces the chosen options feed are usable
     stages = [cfg.stage] if config == "train" else list(cfg.stages.values())
     for stage in stages:
@@ -173,7 +176,8 @@ def test_pipeline_end_to_end(tmp_path):
         metrics = json.loads((run / strategy / "metrics.json").read_text())
         assert 0.0 <= metrics["auc"] <= 1.0 and metrics["logloss"] > 0, strategy
         assert metrics["num_test_rows"] == expected.num_test and metrics["dataset"] == "ml100k"
-        assert metrics["plm"] == "tiny_random"
+        # the ID model trained from scratch never touches a PLM: none is recorded for it
+        assert metrics["plm"] == (None if strategy == "scratch" else "tiny_random"), strategy
         # the CPU scale validates (and selects) only the ID-only stages; the single-pass PLM stages skip it
         validated = OmegaConf.load(run / strategy / "config.yaml").stages[strategy].get("validate", True)
         assert (metrics["best_val_auc"] is not None) == validated, strategy
@@ -224,11 +228,72 @@ def test_malformed_ratings_file_is_named(tmp_path):
          f"paths.log_dir={tmp_path / 'logs'}", "logger=none"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=quiet_env(),
     )
-    assert proc.returncode != 0
-    output = proc.stdout + proc.stderr
-    assert f"{bad} line 1" in output, output[-3000:]  # the file, the line, and (below) why
-    assert "separat" in output
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # one line on stderr: the file, the line, and why; no traceback
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("flip-ctr train:")]
+    assert f"{bad} line 1" in line and "separat" in line, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("ml100k-*/manifest.json"))
+
+
+BAD_VALUES = [
+    ("ablation.text_mask_ratio=1.5", "ablation.text_mask_ratio must be in (0, 1], got 1.5"),
+    ("ablation.tab_mask_ratio=0", "ablation.tab_mask_ratio must be in (0, 1], got 0"),
+    ("ablation.temperature=0", "ablation.temperature must be a number > 0, got 0"),
+    ("ablation.num_noise=0", "ablation.num_noise must be an integer >= 1, got 0"),
+    ("ablation.noise_scope=batch", "ablation.noise_scope must be one of field, global, got 'batch'"),
+    ("ablation.use_icl=maybe", "ablation.use_icl must be true or false, got 'maybe'"),
+    ("seed=abc", "seed must be an integer >= 0, got 'abc'"),
+    ("data.test_fraction=1.0", "data.test_fraction must be in (0, 1), got 1.0"),
+    ("data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be an integer >= 1, got 0"),
+    ("num_threads=0", "num_threads must be an integer >= 1, got 0"),
+    ("data=table", "data.schema is required with data=table"),
+    ("ablation.nce=plain", "ablation.nce must be one of corrected, negative_sampling, got 'plain'"),
+    ("ablation.icl_projection=cosine", "ablation.icl_projection must be one of layernorm, l2, got 'cosine'"),
+    ("protocol.patience=0", "protocol.patience must be an integer >= 1, got 0"),
+    ("protocol.select_on=test", "protocol.select_on=test is the paper protocol's rule alone (protocol=refit"),
+    ("regularization.l2.embedding=-1e-5", "regularization.l2.embedding must be a number >= 0, got -1e-05"),
+    ("id_model.cross_type=lowrank", "id_model.cross_type must be one of full, mix, got 'lowrank'"),
+]
+
+
+@pytest.mark.parametrize("config", ["train", "pipeline"])
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_invalid_values_are_named_when_the_config_is_composed(config, override, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_cfg(config, [override], tmp_path))
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        ("train", ["stage.lr=-1"], "stage.lr must be a number > 0, got -1"),
+        ("train", ["stage.limit_train_batches=1.5"], "stage.limit_train_batches must be null, an integer >= 1"),
+        ("pipeline", ["stages.pretrain.batch_size=0"], "stages.pretrain.batch_size must be an integer >= 1, got 0"),
+        ("pipeline", ["stages.finetune_plm.lr_plm=0"], "stages.finetune_plm.lr_plm must be a number > 0, got 0"),
+        ("pipeline", ["strategies=[scratch,nope]"], "strategies: unknown strategy 'nope'"),
+    ],
+)
+def test_invalid_stage_values_are_named(config, overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(compose_cfg(config, overrides, tmp_path))
+
+
+@pytest.mark.parametrize(("command", "override", "message"), [
+    ("train", "ablation.text_mask_ratio=1.5", "ablation.text_mask_ratio must be in (0, 1], got 1.5"),
+    ("pipeline", "ablation.temperature=0", "ablation.temperature must be a number > 0, got 0"),
+    ("train", "seed=abc", "seed must be an integer >= 0, got 'abc'"),
+])
+def test_cli_reports_an_invalid_value_in_one_line_before_running(tmp_path, command, override, message):
+    args = [*flip_ctr_command(), command, override, f"paths.log_dir={tmp_path / 'logs'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=quiet_env())
+    assert proc.returncode == 2 and proc.stderr.strip() == f"flip-ctr {command}: {message}", proc.stderr[-3000:]
+    assert not list((tmp_path / "run").rglob("metrics.json")) and not (tmp_path / "run" / "config.yaml").exists()
+    # the traceback on request
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**quiet_env(), "HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr and message in proc.stderr
 
 
 def test_help_and_unknown_command():

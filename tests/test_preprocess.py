@@ -68,17 +68,24 @@ def test_frequencies_count_training_part_only(loaded_table):
     np.testing.assert_array_equal(counts, parts["feature_frequencies"])
 
 
-def test_cache_roundtrip_and_corruption_rebuild(tmp_path, loaded_table):
-    calls = []
+class CountingSource:
+    """A DataSource stand-in: the toy table, keyed by ``files``; counts its loads."""
 
-    def loader(**kwargs):
-        calls.append(kwargs)
+    def __init__(self, files):
+        self.dataset, self.options, self.files, self.calls = "toy", {}, tuple(files), []
+
+    def load(self):
+        self.calls.append(1)
         return make_loaded_table()
 
+
+def test_cache_roundtrip_and_corruption_rebuild(tmp_path, loaded_table):
     src = tmp_path / "src.csv"
     src.write_text("x")
-    first = load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
-    second = load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
+    source = CountingSource([src])
+    calls = source.calls
+    first = load_or_build(source, SplitConfig(), tmp_path / "cache")
+    second = load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert len(calls) == 1
     np.testing.assert_array_equal(first.value_ids, second.value_ids)
     # corrupt one array: detected through the manifest digest and rebuilt
@@ -88,13 +95,13 @@ def test_cache_roundtrip_and_corruption_rebuild(tmp_path, loaded_table):
     victim.write_bytes(bytes(data))
     with pytest.raises(StaleCacheError):
         read_artifact(first.path)
-    third = load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
+    third = load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert len(calls) == 2
     expected = make_loaded_table().table.sort(["timestamp", "row_in_source"])["label"].to_numpy()
     np.testing.assert_array_equal(third.labels, expected)
     # a changed source file gives a different cache entry
     src.write_text("xy")
-    load_or_build("toy", loader, {}, [src], SplitConfig(), tmp_path / "cache")
+    load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert len(calls) == 3
 
 
@@ -132,3 +139,17 @@ def test_large_tables_report_progress_per_field(loaded_table, caplog, monkeypatc
     fields = loaded_table.schema.field_columns
     lines = [r.getMessage() for r in caplog.records if "indexed field" in r.getMessage()]
     assert [m.split(":")[0] for m in lines] == [f"indexed field {i}/{len(fields)} {c!r}" for i, c in enumerate(fields, 1)]
+
+
+def test_frequencies_read_back_writable(tmp_path, loaded_table):
+    """torch.as_tensor of a read-only memmap warns (once per process, in every pretraining run)."""
+    import warnings
+
+    import torch
+
+    write_artifact(build_artifact(loaded_table, SplitConfig()), tmp_path / "a")
+    artifact = read_artifact(tmp_path / "a")
+    assert artifact.feature_frequencies.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.as_tensor(artifact.feature_frequencies, dtype=torch.float)

@@ -255,7 +255,48 @@ MALFORMED = {
         lambda p: fx.write_ml1m(p, ratings_lines=RATINGS[:4] + ["1::2::four::978300760"]),
         "ratings.dat",
         5,
-        "'Rating': expected an integer, got 'four'",
+        "'Rating': expected an integer rating from 1 to 5, got 'four'",
+    ),
+    # ratings outside the documented scale (whole stars 1-5): once accepted, 7 became a positive
+    **{
+        f"ml1m_rating_{name}": (
+            load_ml1m,
+            lambda p, r=rating: fx.write_ml1m(p, ratings_lines=RATINGS[:3] + [f"1::2::{r}::978300760"] + RATINGS[3:]),
+            "ratings.dat",
+            4,
+            f"column 'Rating': expected an integer rating from 1 to 5, got '{rating}'",
+        )
+        for name, rating in (("7", "7"), ("minus_1", "-1"), ("3_5", "3.5"), ("0", "0"))
+    },
+    "ml100k_original_fractional_rating": (
+        load_ml100k,
+        lambda p: (fx.write_ml100k_original(p), fx.write_lines(p / "u.data", ["1\t1\t5\t1", "2\t2\t3.5\t2"]))[0],
+        "u.data",
+        2,
+        "column 'rating': expected an integer rating from 1 to 5, got '3.5'",
+    ),
+    "ml100k_atomic_rating_out_of_range": (
+        load_ml100k,
+        lambda p: (fx.write_ml100k_atomic(p), fx.write_lines(
+            p / "ml-100k.inter", ["user_id:token\titem_id:token\trating:float\ttimestamp:float", "1\t1\t7\t5"], encoding="utf-8"))[0],
+        "ml-100k.inter",
+        2,
+        "column 'rating': expected an integer rating from 1 to 5, got '7'",
+    ),
+    # the last line cut inside the timestamp ("978824294" → "9788"): once read as a rating of 1970
+    "ml1m_truncated_last_line": (
+        load_ml1m,
+        lambda p: (fx.write_ml1m(p), (p / "ratings.dat").write_bytes((p / "ratings.dat").read_bytes()[:-6]))[0],
+        "ratings.dat",
+        8,
+        "does not end with a newline, so its last line may be truncated (it ends with '4::3::5::9788')",
+    ),
+    "ml100k_atomic_truncated_items": (
+        load_ml100k,
+        lambda p: (fx.write_ml100k_atomic(p), (p / "ml-100k.item").write_bytes((p / "ml-100k.item").read_bytes()[:-3]))[0],
+        "ml-100k.item",
+        5,
+        "may be truncated",
     ),
     "ml1m_non_numeric_timestamp": (
         load_ml1m,
@@ -336,7 +377,22 @@ MALFORMED = {
         lambda p: fx.write_bookcrossing(p, ratings=fx.bx_ratings_lines()[:3] + ['"1";"12\n34";"3"', '"1";"0195153448";"x"']),
         "BX-Book-Ratings.csv",
         6,
-        "'Book-Rating': expected an integer, got 'x'",
+        "'Book-Rating': expected an integer rating from 0 to 10, got 'x'",
+    ),
+    "bx_rating_out_of_range": (
+        load_bookcrossing,
+        lambda p: fx.write_bookcrossing(p, ratings=fx.bx_ratings_lines()[:3] + ['"1";"0195153448";"11"']),
+        "BX-Book-Ratings.csv",
+        4,
+        "'Book-Rating': expected an integer rating from 0 to 10, got '11'",
+    ),
+    "bx_truncated_ratings": (
+        load_bookcrossing,
+        lambda p: (fx.write_bookcrossing(p), (p / "BX-Book-Ratings.csv").write_bytes(
+            (p / "BX-Book-Ratings.csv").read_bytes()[:-3]))[0],
+        "BX-Book-Ratings.csv",
+        7,
+        "may be truncated",
     ),
     "bx_unknown_user": (
         load_bookcrossing,
@@ -404,6 +460,21 @@ MALFORMED = {
         "goodreads_interactions_poetry.json.gz",
         5,
         "book_id '42' does not appear in",
+    ),
+    "goodreads_rating_out_of_range": (
+        load_goodreads,
+        lambda p: fx.write_goodreads(p, interactions=fx.GOODREADS_INTERACTIONS[:2] + [{**fx.GOODREADS_INTERACTIONS[0], "rating": 6}]),
+        "goodreads_interactions_poetry.json.gz",
+        3,
+        "key 'rating': expected an integer rating from 0 to 5, got 6",
+    ),
+    "goodreads_truncated_books": (
+        load_goodreads,
+        lambda p: (fx.write_goodreads(p), (p / "goodreads_books_poetry.json.gz").write_bytes(gzip.compress(
+            gzip.decompress((p / "goodreads_books_poetry.json.gz").read_bytes())[:-1])))[0],
+        "goodreads_books_poetry.json.gz",
+        2,
+        "may be truncated",
     ),
 }
 

@@ -8,13 +8,18 @@ Commands:
   report    run directories → Markdown/CSV results table (mean ± std over seeds, paired t-test)
   export    RUN_DIR --out MODEL_DIR: an ID-model stage (ctr, finetune_id) → ONNX + vocabularies + digests
   predict   MODEL_OR_RUN_DIR --input rows.parquet --output preds.parquet: raw rows → probabilities
+  cache     list | clean [--all]: the preprocessed-data entries, and removing the stale ones
   help      this text
+
+Your own data: `flip-ctr train data=table data.path=FILE_OR_DIR data.schema=SCHEMA.yaml` (docs/own_data.md).
 
 Hydra's own flags work after the command: `flip-ctr train -m id_model=dcnv2,deepfm seed=1,2,3`,
 `flip-ctr train --cfg job`, `flip-ctr train --help`.
 
 A failed train/pipeline job writes its traceback to <run dir>/error.txt; in a multirun it is also
 listed in <sweep dir>/failures.tsv, the sweep goes on, and the command exits 1 at the end.
+Invalid data or config values are reported as one line on stderr, exit status 2 (the traceback
+too with HYDRA_FULL_ERROR=1).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+
+from flip_ctr.config import ConfigError, validate_config  # also registers the ${table_name:...} resolver
+from flip_ctr.quiet import silence_known_noise
 
 log = logging.getLogger(__name__)
 # Sweep dirs (this process) in which a job failed: the command exits 1 once the sweep is over.
@@ -49,6 +57,7 @@ def config_dir() -> str:
 def _train(cfg: DictConfig) -> float | None:
     from flip_ctr.train import format_table, run
 
+    validate_config(cfg)
     metrics = run(cfg)
     if "auc" in metrics:
         print(format_table([metrics]))
@@ -60,6 +69,7 @@ def _train(cfg: DictConfig) -> float | None:
 def _pipeline(cfg: DictConfig) -> float | None:
     from flip_ctr.train import run_pipeline
 
+    validate_config(cfg)
     results = run_pipeline(cfg)
     return _objective(results[-1]) if results else None
 
@@ -88,6 +98,7 @@ def _record_failure(fn):
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.txt").write_text(traceback.format_exc())
             if hc.mode != RunMode.MULTIRUN:
+                _exit_on_input_error(err)
                 raise
             log.exception("job %s failed (traceback in %s)", hc.job.num, run_dir / "error.txt")
             sweep_dir = Path(hc.sweep.dir)
@@ -99,6 +110,20 @@ def _record_failure(fn):
             return float("nan")
 
     return wrapper
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    from flip_ctr.data.schema import DataError
+
+    return (DataError, ConfigError)
+
+
+def _exit_on_input_error(err: Exception) -> None:
+    """Bad data or config: one line on stderr and exit status 2 (HYDRA_FULL_ERROR=1: the traceback)."""
+    if isinstance(err, _input_errors()) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        command = os.environ.get(_COMMAND_ENV)
+        print(f"flip-ctr{' ' + command if command else ''}: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 COMMANDS = {"train": ("train", _record_failure(_train)), "pipeline": ("pipeline", _record_failure(_pipeline))}
@@ -117,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
+    silence_known_noise()
+    if command == "cache":
+        from flip_ctr.data.cache import main as cache_main
+
+        cache_main(rest)
+        return
     if command in ("report", "analyze"):
         from importlib import import_module
 
@@ -128,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         serve([command, *rest])
         return
     if command not in COMMANDS:
-        known = [*COMMANDS, "analyze", "report", "export", "predict", "help"]
+        known = [*COMMANDS, "analyze", "report", "export", "predict", "cache", "help"]
         raise SystemExit(f"flip-ctr: unknown command {command!r}; commands: {', '.join(known)}")
     config_name, fn = COMMANDS[command]
     os.environ[_COMMAND_ENV] = command

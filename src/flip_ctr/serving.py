@@ -71,6 +71,7 @@ class Scorer:
     columns: list[str]
     vocab: list[dict[str, int]]  # per field: decoded value → global feature id
     oov: list[int]  # per field: its OOV id
+    missing: list[list[str]]  # per field: raw values that mean "missing" (a table schema's missing:)
     session: object  # onnxruntime.InferenceSession
 
     def __call__(self, feature_ids: np.ndarray) -> np.ndarray:
@@ -101,7 +102,8 @@ def _first_line(err: BaseException) -> str:
 
 def vocab_json(space: FeatureSpace) -> bytes:
     vocab, oov = vocabularies(space)
-    fields = [{"column": c, "oov": o, "ids": v} for c, v, o in zip(space.schema.field_columns, vocab, oov)]
+    fields = [{"column": f.column, "oov": o, "missing": list(f.missing), "ids": v}
+              for f, v, o in zip(space.schema.fields, vocab, oov)]
     return json.dumps({"dataset": space.schema.name, "fields": fields}, ensure_ascii=False).encode()
 
 
@@ -111,9 +113,11 @@ def make_scorer(model: bytes, vocab: bytes, source: Path | str, num_threads: int
         table = json.loads(vocab)
         fields = table["fields"]
         columns, ids, oov = [f["column"] for f in fields], [f["ids"] for f in fields], [int(f["oov"]) for f in fields]
+        missing = [list(f.get("missing") or []) for f in fields]
     except (ValueError, KeyError, TypeError) as err:
         raise ServingError(f"{source}/{VOCAB_FILE}: not a flip-ctr vocabulary ({_first_line(err)})") from None
-    return Scorer(str(table.get("dataset")), columns, ids, oov, _session(model, f"{source}/{MODEL_FILE}", num_threads))
+    session = _session(model, f"{source}/{MODEL_FILE}", num_threads)
+    return Scorer(str(table.get("dataset")), columns, ids, oov, missing, session)
 
 
 # -- export: ID model → ONNX ----------------------------------------------------------------------
@@ -194,24 +198,17 @@ def _check_parity(served, session, space: FeatureSpace) -> None:
             raise ServingError(f"the ONNX graph differs from the eager model by {diff:.3g} (> {PARITY_ATOL}): not exported")
 def feature_space(data_cfg) -> FeatureSpace:
     """The run's vocabularies, from the preprocessed-data cache (rebuilt from the data if absent).
-    Mirrors CTRDataModule._load_artifact without importing Lightning (which pulls in transformers
-    through torchmetrics); the vocabulary depends only on the data and split config, so even a
-    cache-key mismatch would rebuild the same one."""
+    The same source and cache as CTRDataModule, without importing Lightning (which pulls in
+    transformers through torchmetrics)."""
     from flip_ctr.data.preprocess import SplitConfig, load_or_build
-    from flip_ctr.data.sources import LOADERS
-    from flip_ctr.data.sources.download import resolve_data_dir
+    from flip_ctr.data.sources import data_source
 
-    loader_kwargs = dict(data_cfg.get("loader_kwargs") or {})
-    root = resolve_data_dir(data_cfg.get("data_dir"))
-    if data_cfg.get("data_subdir") and data_cfg.get("data_dir") is None:
-        root = root / data_cfg.data_subdir
-    files = [Path(v) for v in loader_kwargs.values() if isinstance(v, str) and Path(v).is_file()]
-    files += sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
-    artifact = load_or_build(
-        data_cfg.dataset, LOADERS[data_cfg.dataset], {"data_dir": root, **loader_kwargs}, files, split, Path(data_cfg.cache_dir)
+    source = data_source(
+        data_cfg.dataset, data_cfg.get("data_dir"), data_cfg.get("data_subdir"), dict(data_cfg.get("loader_kwargs") or {}),
+        data_cfg.get("path"), data_cfg.get("schema"),
     )
-    return artifact.space
+    split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
+    return load_or_build(source, split, Path(data_cfg.cache_dir)).space
 
 
 def find_checkpoint(run_dir: Path, ckpt: str | None = None) -> Path:
@@ -290,6 +287,7 @@ def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Pat
         dataset=space.schema.name,
         columns=space.schema.field_columns,
         field_names=space.schema.field_names,
+        missing={f.column: list(f.missing) for f in space.schema.fields if f.missing},
         num_features=space.num_features,
         vocabulary_sizes=list(space.num_seen),
         inputs={"feature_ids": f"int64 [batch, {space.num_fields}]"},
@@ -359,10 +357,10 @@ def _movielens_codes() -> dict[str, dict[str, dict[str, str]]]:
     }
 
 
-def decode_raw(column: pl.Series, dataset: str, name: str) -> pl.Series:
+def decode_raw(column: pl.Series, dataset: str, name: str, missing: list[str] | tuple[str, ...] = ()) -> pl.Series:
     """One raw column → the loader's decoded text. Generic (every loader): any dtype becomes text
     (integral floats, e.g. pandas' nullable ints, as integers), surrounding whitespace stripped,
-    null/empty → "unknown". Dataset codes the loaders decode are decoded too, and decoded
+    null/empty/a ``missing`` marker → "unknown" (the one missing value, as in training). Dataset codes the loaders decode are decoded too, and decoded
     values pass unchanged: ML-1M gender M/F, age and occupation codes, "A|B" genres; ML-100K
     gender M/F and a title's trailing "(YYYY)"; Book-Crossing age NULL and year 0."""
     from flip_ctr.data.sources.movielens import _readable_genres, _split_title_year
@@ -373,7 +371,8 @@ def decode_raw(column: pl.Series, dataset: str, name: str) -> pl.Series:
         kept = s.drop_nulls()
         if (kept == kept.round()).all():
             s = s.cast(pl.Int64)
-    s = s.cast(pl.Utf8).str.strip_chars().replace("", None).fill_null(OOV_TEXT)
+    s = s.cast(pl.Utf8).str.strip_chars()
+    s = pl.select(pl.when(s.is_in(["", *missing])).then(None).otherwise(s)).to_series().fill_null(OOV_TEXT)
     codes = _movielens_codes().get(dataset, {}).get(name)
     if codes:
         s = s.replace(codes)
@@ -390,25 +389,32 @@ def encode_rows(scorer: Scorer, frame: pl.DataFrame, source: Path | str = "input
     """(feature ids [N, F], whether each value was out of vocabulary [N, F]). A missing field
     column, or one whose type holds no single text/number per row, is a ServingError naming it."""
     columns, dataset = scorer.columns, scorer.dataset
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
         raise ServingError(
-            f"{source}: no field column(s) {missing}; a {dataset} model expects the columns {columns} "
-            f"(values as the {dataset} loader decodes them, see docs/serving.md)"
+            f"{source}: no field column(s) {absent}; a {dataset} model expects the columns {columns} ({_value_hint(dataset)})"
         )
     ids = np.empty((frame.height, len(columns)), dtype=np.int64)
-    for f, (name, table, oov) in enumerate(zip(columns, scorer.vocab, scorer.oov)):
+    for f, (name, table, oov, markers) in enumerate(zip(columns, scorer.vocab, scorer.oov, scorer.missing)):
         _check_field_type(frame[name], source)
-        ids[:, f] = _lookup(frame[name], dataset, name, table, oov)
+        ids[:, f] = _lookup(frame[name], dataset, name, table, oov, markers)
     return ids, ids == np.asarray(scorer.oov)
 
 
-def _lookup(column: pl.Series, dataset: str, name: str, table: dict[str, int], oov: int) -> np.ndarray:
+def _value_hint(dataset: str) -> str:
+    from flip_ctr.data.sources import LOADERS
+
+    if dataset in LOADERS and dataset != "table":
+        return f"values as the {dataset} loader decodes them, or raw; see docs/serving.md"
+    return "raw values as in the training table; see docs/serving.md"
+
+
+def _lookup(column: pl.Series, dataset: str, name: str, table: dict[str, int], oov: int, missing: list[str]) -> np.ndarray:
     """decode_raw + vocabulary lookup of one field column. Decoded once per distinct value (a few
     thousand in a million rows; the string decoding per row was most of predict's time outside
     the model), then mapped back onto the rows (nulls and NaN are distinct values too)."""
     distinct = column.unique()
-    ids = decode_raw(distinct, dataset, name).replace_strict(table, default=oov, return_dtype=pl.Int64)
+    ids = decode_raw(distinct, dataset, name, missing).replace_strict(table, default=oov, return_dtype=pl.Int64)
     return column.replace_strict(distinct, ids, return_dtype=pl.Int64).to_numpy()
 
 

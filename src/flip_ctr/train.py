@@ -306,11 +306,11 @@ def _fit(
     trainer.strategy.barrier("flip_ctr_tested")  # DDP: rank 0 has written metrics.json
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     metrics.update(
-        dataset=cfg.data.dataset,
+        dataset=datamodule.dataset_name,
         id_model=cfg.id_model.get("name"),
         id_variant=_id_variant(cfg),
         id_recipe=cfg.get("id_recipe_name"),
-        plm=cfg.plm.get("name") if "plm" in cfg else None,
+        plm=_plm_used(cfg, stage),
         stage=stage.name,
         ablation=cfg.ablation.get("name") if "ablation" in cfg else None,
         seed=cfg.seed,
@@ -370,6 +370,14 @@ def _selected_epochs(trainer) -> int:
 def _split_rows(datamodule, split: str) -> int:
     start, stop = datamodule.artifact.split_ranges[split]
     return stop - start
+
+
+def _plm_used(cfg: DictConfig, stage: DictConfig) -> str | None:
+    """The PLM a stage's result depends on: None for an ID model trained from scratch (ctr, or
+    finetune_id without aligned weights), which never touches one."""
+    if "plm" not in cfg or (stage.name in ("ctr", "finetune_id") and not stage.get("pretrained_dir")):
+        return None
+    return cfg.plm.get("name")
 
 
 def _without_model_selection(callbacks: list) -> list:

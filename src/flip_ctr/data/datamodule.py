@@ -80,16 +80,6 @@ class BatchBuilder:
         return batch
 
 
-def _source_files(data_dir: Path, loader_kwargs: dict) -> list[Path]:
-    """Files whose size/mtime key the cache: the whole dataset directory, or the named files."""
-    paths = [Path(v) for v in loader_kwargs.values() if isinstance(v, (str, Path)) and Path(v).is_file()]
-    if data_dir.is_dir():
-        paths += sorted(p for p in data_dir.rglob("*") if p.is_file())
-    elif data_dir.is_file():
-        paths.append(data_dir)
-    return paths
-
-
 class CTRDataModule(L.LightningDataModule):
     """Paired text/tabular batches for one dataset.
 
@@ -97,6 +87,10 @@ class CTRDataModule(L.LightningDataModule):
         dataset: loader name (``flip_ctr.data.sources.LOADERS``).
         data_dir: dataset directory; ``None`` → ``FLIP_CTR_DATA_DIR`` or ``../shared/data/<subdir>``.
         loader_kwargs: extra arguments of the loader (e.g. ``ratings_file``).
+        path, schema: ``dataset="table"``: the table (CSV/TSV/Parquet file or directory of Parquet
+            files) and its YAML schema.
+        name: the dataset's display name (run folders; conf/data/*.yaml). Metrics use the loaded
+            schema's name (:attr:`dataset_name`), which for a table is the YAML's ``name:``.
         tokenizer: a Hugging Face tokenizer, its name/path, or ``None`` for ID-only batches.
     """
 
@@ -106,6 +100,9 @@ class CTRDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         data_subdir: str | None = None,
         loader_kwargs: dict | None = None,
+        path: str | None = None,
+        schema: str | None = None,
+        name: str | None = None,
         cache_dir: str = ".cache/flip_ctr",
         test_fraction: float = 0.1,
         val_fraction: float = 0.1,
@@ -123,6 +120,7 @@ class CTRDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.data_subdir = data_subdir
         self.loader_kwargs = dict(loader_kwargs or {})
+        self.path, self.schema, self.name = path, schema, name
         self.cache_dir = Path(cache_dir)
         self.split = SplitConfig(test_fraction=test_fraction, val_fraction=val_fraction)
         self.tokenizer = tokenizer
@@ -142,22 +140,19 @@ class CTRDataModule(L.LightningDataModule):
         self.text: TextPieces | None = None
 
     # -- data preparation -------------------------------------------------------------
-    def resolved_data_dir(self) -> Path:
-        from flip_ctr.data.sources.download import resolve_data_dir
+    def source(self):
+        """What to load (:func:`flip_ctr.data.sources.data_source`): the loader and the files it reads."""
+        from flip_ctr.data.sources import data_source
 
-        root = resolve_data_dir(self.data_dir)
-        return root / self.data_subdir if self.data_subdir and self.data_dir is None else root
+        return data_source(self.dataset, self.data_dir, self.data_subdir, self.loader_kwargs, self.path, self.schema)
+
+    def resolved_data_dir(self) -> Path:
+        from flip_ctr.data.sources import dataset_dir
+
+        return dataset_dir(self.data_dir, self.data_subdir)
 
     def _load_artifact(self) -> Artifact:
-        from flip_ctr.data.sources import LOADERS
-
-        if self.dataset not in LOADERS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; known: {sorted(LOADERS)}")
-        data_dir = self.resolved_data_dir()
-        kwargs = {"data_dir": data_dir, **self.loader_kwargs}
-        return load_or_build(
-            self.dataset, LOADERS[self.dataset], kwargs, _source_files(data_dir, self.loader_kwargs), self.split, self.cache_dir
-        )
+        return load_or_build(self.source(), self.split, self.cache_dir)
 
     def prepare_data(self) -> None:
         # Runs on one process per node: builds the cache so the other ranks only read it.
@@ -181,6 +176,11 @@ class CTRDataModule(L.LightningDataModule):
         if self.artifact is None:
             self.setup()
         return self.artifact.space
+
+    @property
+    def dataset_name(self) -> str:
+        """The loaded dataset's name (a table's schema ``name:``), for metrics and tables."""
+        return self.space.schema.name
 
     @property
     def num_features(self) -> int:

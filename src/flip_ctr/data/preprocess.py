@@ -16,15 +16,15 @@ Steps (FLIP_METHOD.md, "Datasets and protocol"):
 
 The artifact is a directory of ``.npy`` arrays plus ``manifest.json`` (with a digest per file),
 written to a temporary directory and renamed into place, so an interrupted run never leaves
-a half-written cache. A cache whose files do not match the manifest is rebuilt.
+a half-written cache. A cache whose files do not match the manifest is rebuilt. Which entry a
+dataset maps to (by the content of the files its loader reads) and the pruning of superseded
+entries: :mod:`flip_ctr.data.cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +33,8 @@ import numpy as np
 import polars as pl
 
 from flip_ctr.atomic import atomic_directory
+from flip_ctr.data import cache
+from flip_ctr.data.cache import CACHE_FORMAT_VERSION
 from flip_ctr.data.schema import ROW_COLUMN, DatasetSchema, Field, LoadedTable
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 # as it goes: at Criteo scale a field takes minutes, and silence looks like a hang.
 LONG_WORK_VALUES = 100_000
 
-CACHE_FORMAT_VERSION = 1
 OOV_TEXT = "unknown"
 
 
@@ -141,32 +142,6 @@ class Artifact:
         return local + np.asarray(self.space.field_offsets[:-1])
 
 
-def _file_stats(paths: list[Path]) -> list[list]:
-    return [[str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
-
-
-def cache_key(dataset: str, loader_kwargs: dict, split: SplitConfig, source_files: list[Path]) -> str:
-    payload = json.dumps(
-        {
-            "version": CACHE_FORMAT_VERSION,
-            "dataset": dataset,
-            "loader": {k: str(v) for k, v in sorted(loader_kwargs.items())},
-            "split": asdict(split),
-            "files": _file_stats(source_files),
-        },
-        sort_keys=True,
-    )
-    return f"{dataset}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_artifact(loaded: LoadedTable, split: SplitConfig) -> dict:
     """Pure computation (no I/O): returns the arrays and metadata of an artifact."""
     loaded.validate()
@@ -244,8 +219,9 @@ def _schema_from_json(data: dict) -> DatasetSchema:
     )
 
 
-def write_artifact(parts: dict, path: Path) -> None:
-    """Writes atomically: everything goes to a sibling temp dir that is renamed into place."""
+def write_artifact(parts: dict, path: Path, source: dict | None = None) -> None:
+    """Writes atomically: everything goes to a sibling temp dir that is renamed into place.
+    ``source``: what the artifact was built from (:func:`flip_ctr.data.cache.locate`)."""
     # Parallel sweep jobs may build the same cache: if another one published it first, keep theirs.
     with atomic_directory(path, published_marker="manifest.json") as tmp:
         for name in _ARRAYS:
@@ -253,14 +229,16 @@ def write_artifact(parts: dict, path: Path) -> None:
         space: FeatureSpace = parts["space"]
         with open(tmp / "values.json", "w") as fh:
             json.dump(space.values, fh)
-        write_manifest(tmp, space.schema, space.num_seen, parts["num_fit"], parts["num_val"], parts["num_test"])
+        write_manifest(tmp, space.schema, space.num_seen, parts["num_fit"], parts["num_val"], parts["num_test"], source)
 
 
-def write_manifest(directory: Path, schema: DatasetSchema, num_seen: list[int], num_fit: int, num_val: int, num_test: int) -> None:
+def write_manifest(
+    directory: Path, schema: DatasetSchema, num_seen: list[int], num_fit: int, num_val: int, num_test: int, source: dict | None = None
+) -> None:
     """Written last into an artifact directory: the digest of every array and of values.json
-    (checked by read_artifact), the schema and the split sizes."""
-    files = {f"{name}.npy": _digest(directory / f"{name}.npy") for name in _ARRAYS}
-    files["values.json"] = _digest(directory / "values.json")
+    (checked by read_artifact), the schema, the split sizes and the source files (cache pruning)."""
+    files = {f"{name}.npy": cache.hash_file(directory / f"{name}.npy") for name in _ARRAYS}
+    files["values.json"] = cache.hash_file(directory / "values.json")
     manifest = {
         "format_version": CACHE_FORMAT_VERSION,
         "schema": _schema_to_json(schema),
@@ -269,6 +247,7 @@ def write_manifest(directory: Path, schema: DatasetSchema, num_seen: list[int], 
         "num_val": num_val,
         "num_test": num_test,
         "files": files,
+        "source": source,
     }
     with open(directory / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=1)
@@ -286,9 +265,11 @@ def read_artifact(path: Path, verify: bool = True) -> Artifact:
             raise StaleCacheError(f"{path}: cache format {manifest.get('format_version')} != {CACHE_FORMAT_VERSION}")
         if verify:
             for name, digest in manifest["files"].items():
-                if _digest(path / name) != digest:
+                if cache.hash_file(path / name) != digest:
                     raise StaleCacheError(f"{path / name}: content does not match manifest digest")
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        # the [N, F] ids and per-row arrays are memory-mapped (read-only); the small frequency
+        # table is read into memory, so torch.as_tensor gets a writable array
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode=None if name == "feature_frequencies" else "r") for name in _ARRAYS}
         values = json.loads((path / "values.json").read_text())
     except StaleCacheError:
         raise
@@ -305,38 +286,33 @@ def read_artifact(path: Path, verify: bool = True) -> Artifact:
     )
 
 
-def load_or_build(
-    dataset: str,
-    loader,
-    loader_kwargs: dict,
-    source_files: list[Path],
-    split: SplitConfig,
-    cache_dir: Path,
-) -> Artifact:
-    """Returns the cached artifact for this (dataset, loader config, split, source files),
-    building it when absent, stale or corrupt. ``loader(**loader_kwargs)`` → LoadedTable."""
-    path = Path(cache_dir) / cache_key(dataset, loader_kwargs, split, source_files)
-    if path.exists():
+def load_or_build(source, split: SplitConfig, cache_dir: Path) -> Artifact:
+    """The cached artifact of ``source`` (a :class:`flip_ctr.data.sources.DataSource`: ``dataset``,
+    ``options``, ``files``, ``load()``) and ``split``, built when absent, stale or corrupt. A new
+    entry supersedes (removes) the entries of the same request built from older file content."""
+    entry = cache.locate(Path(cache_dir), source.dataset, source.options, list(source.files), asdict(split))
+    if entry.path.exists():
         try:
-            artifact = read_artifact(path)
-            log.info("using cached preprocessed data %s", path)
+            artifact = read_artifact(entry.path)
+            log.info("using cached preprocessed data %s", entry.path)
             return artifact
         except StaleCacheError as err:
             log.warning("rebuilding cache: %s", err)
     start = time.perf_counter()
-    log.info("preprocessing %s from %s (cached afterwards in %s)", dataset, ", ".join(map(str, source_files)), path)
-    loaded = loader(**loader_kwargs)
-    log.info("read %d rows of %s (%.1fs); building the feature index", loaded.table.height, dataset, time.perf_counter() - start)
+    log.info("preprocessing %s from %s (cached afterwards in %s)", source.dataset, ", ".join(map(str, source.files)), entry.path)
+    loaded = source.load()
+    log.info("read %d rows of %s (%.1fs); building the feature index", loaded.table.height, source.dataset, time.perf_counter() - start)
     parts = build_artifact(loaded, split)
-    write_artifact(parts, path)
+    write_artifact(parts, entry.path, entry.source)
+    cache.prune_superseded(entry)
     log.info(
         "preprocessed %s: %d fit / %d val / %d test rows, %d features, in %.1fs → %s",
-        dataset,
+        loaded.schema.name,
         parts["num_fit"],
         parts["num_val"],
         parts["num_test"],
         parts["space"].num_features,
         time.perf_counter() - start,
-        path,
+        entry.path,
     )
-    return read_artifact(path, verify=False)
+    return read_artifact(entry.path, verify=False)

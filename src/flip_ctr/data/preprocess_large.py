@@ -37,71 +37,35 @@ seconds. ISO-8601 *text* timestamps, which ``load_table`` also parses, are not s
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 import logging
-import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from flip_ctr.atomic import atomic_directory
+from flip_ctr.data import cache
 from flip_ctr.data.preprocess import (
     OOV_TEXT,
     Artifact,
     SplitConfig,
     StaleCacheError,
-    cache_key,
     read_artifact,
     value_dictionary,
     write_manifest,
 )
 from flip_ctr.data.schema import LABEL_COLUMN, ROW_COLUMN, TIME_COLUMN, DataError, DatasetSchema, Field
-from flip_ctr.data.sources.table import UNKNOWN, read_table_schema
+from flip_ctr.data.sources.table import parquet_files, read_table_schema
+from flip_ctr.data.sources.table_schema import check_columns, check_labels, field_value, label_rule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parquet_files", "preprocess_large", "load_or_build_large"]
+__all__ = ["parquet_files", "preprocess_large", "load_or_build_large"]  # parquet_files: re-exported
 
 _STREAMING = "streaming"
-
-
-def parquet_files(path: str | Path) -> list[Path]:
-    """A Parquet file, a directory of ``*.parquet`` / ``*.pq`` (name order) or a glob → files."""
-    text = os.fspath(path)
-    p = Path(text).expanduser()
-    if p.is_dir():
-        files = sorted(x for x in p.iterdir() if x.suffix in (".parquet", ".pq") and x.is_file())
-    elif p.is_file():
-        files = [p]
-    else:
-        files = [Path(x) for x in sorted(globlib.glob(text))]
-    if not files:
-        raise DataError(f"{path}: no Parquet file found (expected a .parquet file, a directory of them or a glob)")
-    for f in files:
-        if ".parquet" not in f.suffixes and ".pq" not in f.suffixes:
-            raise DataError(f"{f}: only Parquet input is supported by the large-table path (CSV: use load_table)")
-    return files
-
-
-# ------------------------------------------------------------------------------------------
-# the load_table value rules, as lazy expressions
-# ------------------------------------------------------------------------------------------
-def _field_expr(column: str, dtype: pl.DataType) -> pl.Expr:
-    text = pl.col(column) if dtype == pl.Utf8 else pl.col(column).cast(pl.Utf8)
-    return pl.when(text.is_null() | (text == "")).then(pl.lit(UNKNOWN)).otherwise(text).alias("value")
-
-
-def _numeric_label(column: str, dtype: pl.DataType) -> pl.Expr:
-    col = pl.col(column)
-    if dtype == pl.Boolean:
-        return col.cast(pl.Float64)
-    if dtype == pl.Utf8:
-        lowered = col.str.strip_chars().str.to_lowercase()
-        return lowered.replace({"true": "1", "false": "0"}).cast(pl.Float64, strict=False)
-    return col.cast(pl.Float64, strict=False)
 
 
 def _time_expr(column: str, dtype: pl.DataType, where: str) -> pl.Expr:
@@ -133,8 +97,10 @@ def preprocess_large(
     out_path: str | Path,
     split: SplitConfig | None = None,
     progress=None,
+    source: dict | None = None,
 ) -> dict:
     """Builds the artifact of ``table_path`` (+ YAML schema) into ``out_path`` (atomically).
+    ``source``: recorded in the manifest (what a cache entry was built from).
 
     Returns a summary: rows, split sizes, features, per-phase seconds. ``progress`` (a
     callable taking a string) receives one line per phase/field.
@@ -154,52 +120,24 @@ def preprocess_large(
     except Exception as err:  # noqa: BLE001
         raise DataError(f"{where}: could not read as Parquet ({err})") from err
     lf = lf.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
-    field_specs, label_spec, time_column = spec["fields"], spec["label"], spec.get("time_column")
-    needed = [(f"fields[{i}].column", f["column"]) for i, f in enumerate(field_specs)] + [("label.column", label_spec["column"])]
-    if time_column:
-        needed.append(("time_column", time_column))
-    for key, column in needed:
-        if column not in schema:
-            raise DataError(f"{yaml_path}: key {key!r}: column {column!r} not found in {where} (its columns: {list(schema)[:30]})")
+    field_specs, label_spec, time_column = spec["fields"], spec["label"], spec["time_column"]
+    check_columns(spec, list(schema), yaml_path, where)
 
     # -- label and rows kept ----------------------------------------------------------------
     t0 = time.perf_counter()
-    label_col = label_spec["column"]
-    numeric = _numeric_label(label_col, schema[label_col])
-    checks = {"rows": pl.len(), "empty": pl.col(label_col).is_null().sum(), "not_number": numeric.is_null().sum()}
-    if "threshold" not in label_spec:
-        checks["not_01"] = (numeric.is_not_null() & ~numeric.is_in([0.0, 1.0])).sum()
-    if time_column:
-        checks["bad_time"] = _time_expr(time_column, schema[time_column], where).is_null().sum()
-    found = lf.select(**checks).collect(engine=_STREAMING).row(0, named=True)
-    if found["rows"] == 0:
+    rows_in_files = lf.select(pl.len()).collect(engine=_STREAMING).item()
+    if rows_in_files == 0:
         raise DataError(f"{where}: table has no rows")
-    if found["empty"]:
-        row = _first_row(lf, pl.col(label_col).is_null())
-        raise DataError(f"{where} data row {row[ROW_COLUMN] + 1}: label column {label_col!r} is empty")
-    if found["not_number"]:
-        row = _first_row(lf, numeric.is_null())
-        raise DataError(f"{where} data row {row[ROW_COLUMN] + 1}: label column {label_col!r}: expected a number, got {row[label_col]!r}")
-    if found.get("not_01"):
-        row = _first_row(lf, ~numeric.is_in([0.0, 1.0]))
-        raise DataError(
-            f"{where} data row {row[ROW_COLUMN] + 1}: label column {label_col!r}: expected 0/1 (no threshold in {yaml_path}), "
-            f"got {row[label_col]!r}; add `threshold:` to the label to binarise ratings"
-        )
-    if found.get("bad_time"):
-        row = _first_row(lf, _time_expr(time_column, schema[time_column], where).is_null())
+    check_labels(lf, label_spec, schema[label_spec["column"]], yaml_path, where, 0, ROW_COLUMN)
+    time_expr = _time_expr(time_column, schema[time_column], where) if time_column else None
+    if time_expr is not None and lf.select(time_expr.is_null().any()).collect(engine=_STREAMING).item():
+        row = _first_row(lf, time_expr.is_null())
         raise DataError(
             f"{where} data row {row[ROW_COLUMN] + 1}: time column {time_column!r}: expected epoch seconds, a date or a datetime "
             f"(ISO-8601 text is only read by load_table), got {row[time_column]!r}"
         )
-    if "threshold" in label_spec:
-        threshold = float(label_spec["threshold"])
-        kept = lf.filter(numeric != threshold) if label_spec.get("drop_equal") else lf
-        label_expr = (numeric > threshold).cast(pl.Int8)
-    else:
-        kept = lf
-        label_expr = numeric.cast(pl.Int8)
-    time_expr = _time_expr(time_column, schema[time_column], where) if time_column else None
+    label_expr, keep = label_rule(label_spec, schema[label_spec["column"]])
+    kept = lf.filter(keep) if keep is not None else lf
 
     # -- keys, chronological order and split -------------------------------------------------
     key_columns = [pl.col(ROW_COLUMN), label_expr.alias(LABEL_COLUMN)] + ([time_expr.alias(TIME_COLUMN)] if time_expr is not None else [])
@@ -245,7 +183,7 @@ def preprocess_large(
         with open(tmp / "values.json", "w") as values_file:
             values_file.write("[")
             for f, column in enumerate(columns):
-                value = _field_expr(column, schema[column])
+                value = field_value(field_specs[f], schema[column], strip=False).alias("value")
                 # -- vocabulary
                 t0 = time.perf_counter()
                 counts = (
@@ -289,14 +227,14 @@ def preprocess_large(
         np.save(tmp / "labels.npy", labels)
         np.save(tmp / "row_in_source.npy", row_in_source.astype(np.int64, copy=False))
         np.save(tmp / "feature_frequencies.npy", np.concatenate(frequencies))
-        fields = tuple(Field(f["column"], f["name"], f.get("side", "context")) for f in field_specs)
+        fields = tuple(Field(f["column"], f["name"], f["side"], f["missing"]) for f in field_specs)
         ds_schema = DatasetSchema(spec["name"], fields, time_column=TIME_COLUMN if time_column else None)
-        write_manifest(tmp, ds_schema, num_seen, num_fit, num_val, num_test)
+        write_manifest(tmp, ds_schema, num_seen, num_fit, num_val, num_test, source)
     phases["write_s"] = time.perf_counter() - t0
     num_features = int(sum(num_seen) + len(num_seen))
     summary = {
         "rows": num_rows,
-        "rows_in_files": int(found["rows"]),
+        "rows_in_files": int(rows_in_files),
         "num_fit": num_fit,
         "num_val": num_val,
         "num_test": num_test,
@@ -321,16 +259,16 @@ def load_or_build_large(
     progress=None,
 ) -> Artifact:
     """The cached artifact of a large Parquet table (built by :func:`preprocess_large` when
-    absent, stale or corrupt), keyed like :func:`flip_ctr.data.preprocess.load_or_build` by the
-    split and the size/mtime of the input files and the schema."""
+    absent, stale or corrupt), keyed like :func:`flip_ctr.data.preprocess.load_or_build`: the
+    split and the content of the input files and the schema (:mod:`flip_ctr.data.cache`)."""
     split = split or SplitConfig()
-    files = parquet_files(table_path)
-    kwargs = {"table_path": str(table_path), "schema_yaml": str(schema_yaml), "engine": "streaming"}
-    path = Path(cache_dir) / cache_key(dataset, kwargs, split, [*files, Path(schema_yaml)])
-    if path.exists():
+    files = [*parquet_files(table_path), Path(schema_yaml)]
+    entry = cache.locate(Path(cache_dir), dataset, {"engine": "streaming"}, files, asdict(split))
+    if entry.path.exists():
         try:
-            return read_artifact(path)
+            return read_artifact(entry.path)
         except StaleCacheError as err:
             log.warning("rebuilding cache: %s", err)
-    preprocess_large(table_path, schema_yaml, path, split, progress=progress)
-    return read_artifact(path, verify=False)
+    preprocess_large(table_path, schema_yaml, entry.path, split, progress=progress, source=entry.source)
+    cache.prune_superseded(entry)
+    return read_artifact(entry.path, verify=False)

@@ -34,16 +34,21 @@ class DataError(ValueError):
 class Field:
     """One categorical feature field.
 
-    column: column name in the loaded table.
-    name:   human field name used in the text template ("<name> is <value>.").
-    side:   "user", "item" or "context" (CTR-BERT's two towers split on this).
+    column:  column name in the loaded table.
+    name:    human field name used in the text template ("<name> is <value>.").
+    side:    "user", "item" or "context" (CTR-BERT's two towers split on this).
+    missing: raw values that mean "missing" (mapped to "unknown" in training and in serving).
     """
 
     column: str
     name: str
     side: str = "context"
+    # Raw values that mean "missing" (a table schema's ``missing:``): the loader mapped them to the
+    # one missing value, and serving maps them the same way.
+    missing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "missing", tuple(self.missing))  # a list read back from JSON
         if self.side not in SIDES:
             raise ValueError(f"field {self.column!r}: side must be one of {SIDES}, got {self.side!r}")
 

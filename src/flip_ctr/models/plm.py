@@ -17,6 +17,7 @@ job; nothing here is precision-specific.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -108,6 +109,35 @@ def resolve_plm_path(name: str | os.PathLike) -> str:
     return text
 
 
+def _checkpoint_keys(directory: Path) -> set[str] | None:
+    """Parameter names of a local safetensors checkpoint (header only), None when unknown."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text()).get("weight_map", {}))
+    if not (directory / "model.safetensors").is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), framework="pt") as fh:
+        return set(fh.keys())
+
+
+def _no_pooler_kwargs(resolved: str) -> dict:
+    """``add_pooling_layer=False`` for a local checkpoint saved without the pooler (an aligned PLM:
+    the pooler is dropped, see the module docstring), so loading does not report its weights as
+    missing. A checkpoint that has them loads them (then dropped) rather than report them unexpected."""
+    keys = _checkpoint_keys(Path(resolved)) if os.path.isdir(resolved) else None
+    if keys is None or any("pooler" in k.split(".") for k in keys):
+        return {}
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        model_class = AutoModel._model_mapping[type(AutoConfig.from_pretrained(resolved))]
+    except (KeyError, ValueError, OSError):
+        return {}
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, **kwargs):
     """``AutoTokenizer`` for a PLM name resolved with :func:`resolve_plm_path` (fast tokenizer)."""
     from transformers import AutoTokenizer
@@ -166,7 +196,7 @@ class PLMEncoder(nn.Module):
         if local and not any((Path(resolved) / f).is_file() for f in _WEIGHT_FILES):
             raise PLMPathError(f"PLM directory {resolved} has no weights (expected one of {', '.join(_WEIGHT_FILES)})")
         try:
-            model = AutoModel.from_pretrained(resolved, **model_kwargs)
+            model = AutoModel.from_pretrained(resolved, **{**_no_pooler_kwargs(resolved), **model_kwargs})
         except Exception as err:  # noqa: BLE001
             if local:
                 raise PLMPathError(f"could not load the PLM from {resolved} (corrupt or incompatible files?): {err}") from err

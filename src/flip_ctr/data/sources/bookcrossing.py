@@ -16,7 +16,8 @@ year ("unknown" for the dump's 0), publisher. Value clean-up (documented): surro
 whitespace is stripped, line breaks inside a value become a space, and HTML entities in book
 title/author/publisher (``&amp;``) are unescaped. Empty values become "unknown".
 
-Label: Book-Rating > 5 → 1, else 0 (implicit 0 ratings are negatives). The dump has no
+Label: Book-Rating > 5 → 1, else 0 (implicit 0 ratings are negatives). A Book-Rating that is not
+an integer from 0 to 10 is an error naming its line. The dump has no
 timestamps: ``schema.time_column`` is None and ``row_in_source`` (the ratings file order) is
 the chronological proxy.
 
@@ -44,16 +45,17 @@ from flip_ctr.data.sources.table import (
     UNKNOWN,
     apply_label_rule,
     cast_number,
+    cast_rating,
     check_references,
-    decode_text,
     locate_dir,
-    read_bytes,
+    read_text,
     require_file,
 )
 
 log = logging.getLogger(__name__)
 
 BX_LABEL_RULE = LabelRule(threshold=5, drop_equal=False)  # rating > 5 → 1, else 0
+BX_RATINGS = (0, 10)  # "explicit (1-10) or implicit (0)" (the dump's documentation)
 
 USERS_HEADER = ("User-ID", "Location", "Age")
 BOOKS_HEADER = (
@@ -200,7 +202,7 @@ def _polars_parse(text: str, header: Sequence[str]) -> pl.DataFrame | None:
 
 def read_bx_csv(path: Path, header: Sequence[str], *, fast: bool = True) -> pl.DataFrame:
     """All columns of a BX CSV file as Utf8, plus the 1-based start line ``_line`` of each record."""
-    text = decode_text(read_bytes(path), path, "latin-1-or-utf-8")
+    text = read_text(path, "latin-1-or-utf-8")
     lines = _physical_lines(text)
     _check_header(path, lines[0], header)
     if len(lines) < 2 or not "".join(lines[1:]).strip():
@@ -218,10 +220,18 @@ def _clean(col: pl.Series, *, unescape: bool = False) -> pl.Series:
     return out.replace("", UNKNOWN)
 
 
-def _build(folder: Path, missing_books: str, fast: bool) -> LoadedTable:
-    users_path = require_file(folder / "BX-Users.csv", 'Book-Crossing users file ("User-ID";"Location";"Age")')
-    books_path = require_file(folder / "BX-Books.csv", 'Book-Crossing books file ("ISBN";"Book-Title";...)')
-    ratings_path = require_file(folder / "BX-Book-Ratings.csv", 'Book-Crossing ratings file ("User-ID";"ISBN";"Book-Rating")')
+def bookcrossing_files(data_dir: str | Path, **_options) -> list[Path]:
+    """The files :func:`load_bookcrossing` reads: ratings, users, books (its options change none of them)."""
+    folder = locate_dir(data_dir, ["bookcrossing", "BX-CSV-Dump", "book-crossing"], ["BX-Book-Ratings.csv", "BX-Users.csv"])
+    return [
+        require_file(folder / "BX-Book-Ratings.csv", 'Book-Crossing ratings file ("User-ID";"ISBN";"Book-Rating")'),
+        require_file(folder / "BX-Users.csv", 'Book-Crossing users file ("User-ID";"Location";"Age")'),
+        require_file(folder / "BX-Books.csv", 'Book-Crossing books file ("ISBN";"Book-Title";...)'),
+    ]
+
+
+def _build(files: list[Path], missing_books: str, fast: bool) -> LoadedTable:
+    ratings_path, users_path, books_path = files
 
     raw = read_bx_csv(users_path, USERS_HEADER, fast=fast)
     age = raw["Age"].str.strip_chars()
@@ -256,7 +266,7 @@ def _build(folder: Path, missing_books: str, fast: bool) -> LoadedTable:
         {
             "user_key": cast_number(raw, "User-ID", ratings_path),
             "isbn": raw["ISBN"].str.strip_chars(),
-            "rating": cast_number(raw, "Book-Rating", ratings_path),
+            "rating": cast_rating(raw, "Book-Rating", ratings_path, *BX_RATINGS),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
     ).with_row_index(ROW_COLUMN).with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
@@ -306,13 +316,13 @@ def load_bookcrossing(data_dir: str | Path, missing_books: str = "unknown") -> L
     ``missing_books``.
     """
     start = time.perf_counter()
-    folder = locate_dir(data_dir, ["bookcrossing", "BX-CSV-Dump", "book-crossing"], ["BX-Book-Ratings.csv", "BX-Users.csv"])
+    files = bookcrossing_files(data_dir)
     try:
-        loaded = _build(folder, missing_books, fast=True)
+        loaded = _build(files, missing_books, fast=True)
     except DataError:
         # the fast polars path numbers lines approximately; re-parse carefully so the error
         # names the exact line (or succeeds, if the fast parse was the problem)
-        loaded = _build(folder, missing_books, fast=False)
+        loaded = _build(files, missing_books, fast=False)
     log.info(
         "Book-Crossing: %d rows, positive rate %.4f, %.2fs",
         loaded.table.height,
@@ -322,4 +332,4 @@ def load_bookcrossing(data_dir: str | Path, missing_books: str = "unknown") -> L
     return loaded
 
 
-__all__ = ["BOOKCROSSING_SCHEMA", "BX_LABEL_RULE", "load_bookcrossing", "read_bx_csv"]
+__all__ = ["BOOKCROSSING_SCHEMA", "BX_LABEL_RULE", "bookcrossing_files", "load_bookcrossing", "read_bx_csv"]

@@ -64,11 +64,19 @@ from flip_ctr.data.schema import (
     LabelRule,
     LoadedTable,
 )
-from flip_ctr.data.sources.table import UNKNOWN, apply_label_rule, locate_dir, read_bytes, require_file
+from flip_ctr.data.sources.table import (
+    UNKNOWN,
+    apply_label_rule,
+    locate_dir,
+    read_bytes,
+    require_file,
+    require_final_newline,
+)
 
 log = logging.getLogger(__name__)
 
 GOODREADS_LABEL_RULE = LabelRule(threshold=3, drop_equal=False)  # rating > 3 → 1, else 0
+GOODREADS_RATINGS = (0, 5)  # 1-5 stars, 0 = shelved without a rating
 DATE_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 
 GOODREADS_SCHEMA = DatasetSchema(
@@ -189,6 +197,7 @@ def _line_of_row(raw: bytes, row: int) -> int:
 
 def _read_ndjson(path: Path, schema: dict, required: tuple[str, ...]) -> tuple[pl.DataFrame, bytes]:
     raw = read_bytes(path)
+    require_final_newline(raw, path)
     try:
         frame = pl.read_ndjson(io.BytesIO(raw), schema=schema)
     except Exception as err:  # noqa: BLE001 - polars found a problem: locate it precisely
@@ -280,14 +289,13 @@ def _books_table(books: pl.DataFrame, authors: pl.DataFrame | None) -> pl.DataFr
     )
 
 
-def load_goodreads(
+def goodreads_files(
     data_dir: str | Path,
     interactions_file: str | Path | None = None,
     books_file: str | Path | None = None,
     authors_file: str | Path | None = None,
-) -> LoadedTable:
-    """Load GoodReads interactions with 15 user/book fields (see the module docstring)."""
-    start = time.perf_counter()
+) -> list[Path]:
+    """The files :func:`load_goodreads` reads: interactions, books and, when present, authors."""
     folder = locate_dir(data_dir, [], [])
     if not any(folder.glob("goodreads_interactions*")) and (folder / "goodreads").is_dir():
         folder = folder / "goodreads"
@@ -296,9 +304,22 @@ def load_goodreads(
     books_path = _pick(folder, books_file, "goodreads_books*.json*", "GoodReads books file", prefer_suffix=genre or None)
     if authors_file is None:
         candidates = [folder / "goodreads_book_authors.json.gz", folder / "goodreads_book_authors.json"]
-        authors_path = next((p for p in candidates if p.is_file()), None)
+        authors = [p for p in candidates if p.is_file()][:1]
     else:
-        authors_path = require_file(Path(authors_file), "GoodReads authors file")
+        authors = [require_file(Path(authors_file), "GoodReads authors file")]
+    return [inter_path, books_path, *authors]
+
+
+def load_goodreads(
+    data_dir: str | Path,
+    interactions_file: str | Path | None = None,
+    books_file: str | Path | None = None,
+    authors_file: str | Path | None = None,
+) -> LoadedTable:
+    """Load GoodReads interactions with 15 user/book fields (see the module docstring)."""
+    start = time.perf_counter()
+    inter_path, books_path, *authors = goodreads_files(data_dir, interactions_file, books_file, authors_file)
+    authors_path = authors[0] if authors else None
     log.info("GoodReads: interactions %s, books %s, authors %s", inter_path, books_path, authors_path)
 
     inter, inter_raw = _read_ndjson(inter_path, _INTERACTION_SCHEMA, _REQUIRED_INTERACTION_KEYS)
@@ -327,6 +348,13 @@ def load_goodreads(
             f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'date_added': expected a date like "
             f"'Tue Oct 17 14:33:58 -0700 2017', got {inter['date_added'][i]!r}"
         )
+    bad = ~inter["rating"].is_between(*GOODREADS_RATINGS)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'rating': expected an integer rating from "
+            f"{GOODREADS_RATINGS[0]} to {GOODREADS_RATINGS[1]}, got {inter['rating'][i]!r}"
+        )
     missing = ~inter["book_id"].is_in(books["book_id"])
     if missing.any():
         i = int(missing.arg_true()[0])
@@ -348,4 +376,4 @@ def load_goodreads(
     return loaded
 
 
-__all__ = ["GOODREADS_SCHEMA", "GOODREADS_LABEL_RULE", "GENERIC_SHELVES", "load_goodreads"]
+__all__ = ["GOODREADS_SCHEMA", "GOODREADS_LABEL_RULE", "GENERIC_SHELVES", "goodreads_files", "load_goodreads"]

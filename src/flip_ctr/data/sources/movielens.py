@@ -8,6 +8,9 @@ Label rule (both datasets, FLIP_METHOD.md Table I for ML-1M): rating > 3 → 1, 
 rating == 3 dropped. ML-100K has no rule in the paper; it uses the same rule so that the two
 MovieLens datasets are comparable (the drop is logged).
 
+Ratings must be whole stars 1-5 (the documented scale); any other value is an error naming its
+line, as is a file that does not end with a newline (possibly truncated).
+
 Missing values: a genre list with no genre becomes ``"unknown"``; ML-100K titles/years that
 the source marks as unknown become ``"unknown"``. No row is dropped except by the label rule,
 and a rating that references a user or movie absent from the users/movies file is an error.
@@ -36,11 +39,11 @@ from flip_ctr.data.sources.table import (
     UNKNOWN,
     apply_label_rule,
     cast_number,
+    cast_rating,
     check_references,
     check_unique,
-    decode_text,
     locate_dir,
-    read_bytes,
+    read_text,
     require_file,
     split_delimited,
     text_lines,
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 
 # rating > 3 → 1, < 3 → 0, == 3 dropped
 MOVIELENS_LABEL_RULE = LabelRule(threshold=3, drop_equal=True)
+# the GroupLens README: "Ratings are made on a 5-star scale (whole-star ratings only)"
+MOVIELENS_RATINGS = (1, 5)
 
 ML1M_AGES = {
     1: "under 18",
@@ -240,11 +245,19 @@ def _ml1m_ratings(path: Path) -> pl.DataFrame:
         {
             "user_key": cast_number(raw, "UserID", path),
             "item_key": cast_number(raw, "MovieID", path),
-            "rating": cast_number(raw, "Rating", path),
+            "rating": cast_rating(raw, "Rating", path, *MOVIELENS_RATINGS),
             TIME_COLUMN: cast_number(raw, "Timestamp", path),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
     ).with_row_index(ROW_COLUMN).with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
+
+
+def ml1m_files(data_dir: str | Path, ratings_file: str | Path | None = None) -> list[Path]:
+    """The files :func:`load_ml1m` reads: ratings, users.dat, movies.dat."""
+    folder = locate_dir(data_dir, ["ml-1m"], ["users.dat", "movies.dat"])
+    users_path = require_file(folder / "users.dat", "ML-1M users file users.dat (UserID::Gender::Age::Occupation::Zip-code)")
+    movies_path = require_file(folder / "movies.dat", "ML-1M movies file movies.dat (MovieID::Title::Genres)")
+    return [_resolve_ml1m_ratings(folder, ratings_file), users_path, movies_path]
 
 
 def load_ml1m(data_dir: str | Path, ratings_file: str | Path | None = None) -> LoadedTable:
@@ -260,10 +273,7 @@ def load_ml1m(data_dir: str | Path, ratings_file: str | Path | None = None) -> L
     Label: rating > 3 → 1, < 3 → 0, == 3 dropped (739,012 rows on the full data).
     """
     start = time.perf_counter()
-    folder = locate_dir(data_dir, ["ml-1m"], ["users.dat", "movies.dat"])
-    users_path = require_file(folder / "users.dat", "ML-1M users file users.dat (UserID::Gender::Age::Occupation::Zip-code)")
-    movies_path = require_file(folder / "movies.dat", "ML-1M movies file movies.dat (MovieID::Title::Genres)")
-    ratings_path = _resolve_ml1m_ratings(folder, ratings_file)
+    ratings_path, users_path, movies_path = ml1m_files(data_dir, ratings_file)
     log.info("ML-1M: reading ratings from %s", ratings_path)
 
     users = _ml1m_users(users_path)
@@ -298,17 +308,14 @@ def _split_title_year(title: pl.Series) -> tuple[pl.Series, pl.Series]:
     return base, year
 
 
-def _ml100k_original(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, list[Path]]:
-    data_path = require_file(folder / "u.data", "ML-100K ratings file u.data (user id<TAB>item id<TAB>rating<TAB>timestamp)")
-    user_path = require_file(folder / "u.user", "ML-100K users file u.user (user id|age|gender|occupation|zip code)")
-    item_path = require_file(folder / "u.item", "ML-100K items file u.item (movie id|title|release date|...|19 genre flags)")
+def _ml100k_original(data_path: Path, user_path: Path, item_path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
 
     raw = split_delimited(data_path, "\t", ["user id", "item id", "rating", "timestamp"], encoding="latin-1")
     ratings = pl.DataFrame(
         {
             "user_key": cast_number(raw, "user id", data_path),
             "item_key": cast_number(raw, "item id", data_path),
-            "rating": cast_number(raw, "rating", data_path, dtype=pl.Float64),
+            "rating": cast_rating(raw, "rating", data_path, *MOVIELENS_RATINGS),
             TIME_COLUMN: cast_number(raw, "timestamp", data_path),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
@@ -346,7 +353,7 @@ def _ml100k_original(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataF
         genre_list.list.join(", ").replace("", UNKNOWN).alias("genre"),
         raw[LINE_COLUMN],
     )
-    return ratings, users, items, [data_path, user_path, item_path]
+    return ratings, users, items
 
 
 def _atomic_header(path: Path, lines: list[str], required: dict[str, tuple[str, ...]]) -> dict[str, int]:
@@ -372,7 +379,7 @@ def _atomic_header(path: Path, lines: list[str], required: dict[str, tuple[str, 
 
 
 def _atomic_table(path: Path, required: dict[str, tuple[str, ...]]) -> pl.DataFrame:
-    lines = text_lines(decode_text(read_bytes(path), path, "utf-8"))
+    lines = text_lines(read_text(path, "utf-8"))
     index = _atomic_header(path, lines, required)
     ncols = len(lines[0].rstrip("\r").split("\t"))
     header_names = [f"c{i}" for i in range(ncols)]
@@ -385,10 +392,7 @@ def _clean_token(col: pl.Series) -> pl.Series:
     return col.str.strip_chars().replace({"": UNKNOWN, "unkonwn": UNKNOWN})
 
 
-def _ml100k_atomic(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, list[Path]]:
-    inter_path = require_file(folder / "ml-100k.inter", "ML-100K atomic interactions file")
-    user_path = require_file(folder / "ml-100k.user", "ML-100K atomic users file")
-    item_path = require_file(folder / "ml-100k.item", "ML-100K atomic items file")
+def _ml100k_atomic(inter_path: Path, user_path: Path, item_path: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
 
     raw = _atomic_table(
         inter_path,
@@ -398,7 +402,7 @@ def _ml100k_atomic(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFra
         {
             "user_key": cast_number(raw, "user", inter_path, what="user_id"),
             "item_key": cast_number(raw, "item", inter_path, what="item_id"),
-            "rating": cast_number(raw, "rating", inter_path, dtype=pl.Float64),
+            "rating": cast_rating(raw, "rating", inter_path, *MOVIELENS_RATINGS),
             TIME_COLUMN: cast_number(raw, "timestamp", inter_path, dtype=pl.Float64).floor().cast(pl.Int64),
             LINE_COLUMN: raw[LINE_COLUMN],
         }
@@ -441,7 +445,37 @@ def _ml100k_atomic(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFra
         _readable_genres(raw["genre"], " ").alias("genre"),
         raw[LINE_COLUMN],
     )
-    return ratings, users, items, [inter_path, user_path, item_path]
+    return ratings, users, items
+
+
+_ML100K_FILES = {
+    "original": (
+        ("u.data", "ML-100K ratings file u.data (user id<TAB>item id<TAB>rating<TAB>timestamp)"),
+        ("u.user", "ML-100K users file u.user (user id|age|gender|occupation|zip code)"),
+        ("u.item", "ML-100K items file u.item (movie id|title|release date|...|19 genre flags)"),
+    ),
+    "atomic": (
+        ("ml-100k.inter", "ML-100K atomic interactions file"),
+        ("ml-100k.user", "ML-100K atomic users file"),
+        ("ml-100k.item", "ML-100K atomic items file"),
+    ),
+}
+
+
+def ml100k_files(data_dir: str | Path, format: str = "auto") -> list[Path]:  # noqa: A002
+    """The files :func:`load_ml100k` reads: ratings, users, items (of the chosen or detected format)."""
+    folder = locate_dir(data_dir, ["ml-100k"], _ORIGINAL_FILES + _ATOMIC_FILES)
+    if format == "auto":
+        has_original, has_atomic = (folder / "u.data").exists(), (folder / "ml-100k.inter").exists()
+        if not (has_original or has_atomic):
+            raise DataError(
+                f"{folder}: no ML-100K data found: expected the GroupLens files {', '.join(_ORIGINAL_FILES)} "
+                f"or the atomic files {', '.join(_ATOMIC_FILES)}"
+            )
+        format = "original" if has_original else "atomic"  # noqa: A001
+    if format not in _ML100K_FILES:
+        raise DataError(f"ML-100K format must be 'auto', 'original' or 'atomic', got {format!r}")
+    return [require_file(folder / name, what) for name, what in _ML100K_FILES[format]]
 
 
 def load_ml100k(data_dir: str | Path, format: str = "auto") -> LoadedTable:  # noqa: A002
@@ -466,23 +500,10 @@ def load_ml100k(data_dir: str | Path, format: str = "auto") -> LoadedTable:  # n
     rating < 3 → 0, rating == 3 dropped (the number dropped is logged).
     """
     start = time.perf_counter()
-    folder = locate_dir(data_dir, ["ml-100k"], _ORIGINAL_FILES + _ATOMIC_FILES)
-    has_original = (folder / "u.data").exists()
-    has_atomic = (folder / "ml-100k.inter").exists()
-    if format == "auto":
-        if not (has_original or has_atomic):
-            raise DataError(
-                f"{folder}: no ML-100K data found: expected the GroupLens files {', '.join(_ORIGINAL_FILES)} "
-                f"or the atomic files {', '.join(_ATOMIC_FILES)}"
-            )
-        format = "original" if has_original else "atomic"  # noqa: A001
-    if format == "original":
-        ratings, users, items, files = _ml100k_original(folder)
-    elif format == "atomic":
-        ratings, users, items, files = _ml100k_atomic(folder)
-    else:
-        raise DataError(f"ML-100K format must be 'auto', 'original' or 'atomic', got {format!r}")
-    log.info("ML-100K: reading the %s format from %s", format, folder)
+    files = ml100k_files(data_dir, format)
+    is_original = files[0].name == "u.data"
+    ratings, users, items = (_ml100k_original if is_original else _ml100k_atomic)(*files)
+    log.info("ML-100K: reading the %s format from %s", "original" if is_original else "atomic", files[0].parent)
 
     check_unique(users, "user_key", files[1], "user id")
     check_unique(items, "item_key", files[2], "movie id")
@@ -511,4 +532,6 @@ __all__ = [
     "MOVIELENS_LABEL_RULE",
     "load_ml1m",
     "load_ml100k",
+    "ml1m_files",
+    "ml100k_files",
 ]

@@ -1,49 +1,35 @@
-"""Your own table (CSV or Parquet + a YAML schema), and the file helpers every loader shares.
+"""Your own table (CSV, Parquet or a directory of Parquet files + a YAML schema), and the file
+helpers every loader shares.
 
 ``load_table(path, schema_yaml)`` turns any interaction log into the loader contract of
-:mod:`flip_ctr.data.schema`. The YAML file says which columns are fields, what they are
-called in the text template, which side they describe, how the label is made and (optionally)
-which column orders the rows in time::
-
-    name: my_shop
-    fields:
-      - {column: user, name: user id, side: user}
-      - {column: item_title, name: item title, side: item}
-      - {column: hour, name: hour of day}            # side defaults to "context"
-    label: {column: clicked}                         # already 0/1 (or true/false)
-    # label: {column: stars, threshold: 3, drop_equal: true}   # stars > 3 → 1, == 3 dropped
-    time_column: ts                                  # optional
-    separator: ","                                   # optional, CSV only (default ",")
-
-Value rules (documented contract):
+:mod:`flip_ctr.data.schema`; the YAML keys and the value rules (missing markers, text or numeric
+labels) are documented in :mod:`flip_ctr.data.sources.table_schema`. Reading rules:
 
 - CSV files are read as UTF-8 with every column as text, so identifiers such as ``"007"``
-  keep their leading zeros; Parquet columns of any type are cast to text. Field values are
-  stripped of surrounding whitespace only at the CSV level (not at all for Parquet).
-- A null or empty field value becomes the string ``"unknown"`` (one shared "missing" value
-  per field, so missing is a feature like any other).
-- The label column must hold 0/1 (or true/false) when no ``threshold`` is given; otherwise it
-  must be numeric and ``value > threshold`` is positive (``drop_equal`` removes ties). A null
-  or non-numeric label is an error, never a silent drop.
+  keep their leading zeros, and values are stripped of surrounding whitespace; Parquet
+  columns of any type are cast to text (not stripped).
+- A directory is read as its ``*.parquet`` files in name order (one table).
 - ``time_column`` may be integer/float seconds, a date/datetime column (Parquet) or ISO-8601
   text; it becomes the Int64 ``timestamp`` column (seconds since the epoch).
-- ``row_in_source`` is the 0-based data-row position in the file (the tie-breaker of the
-  chronological sort done by the preprocess layer).
+- ``row_in_source`` is the 0-based data-row position (across the files of a directory), the
+  tie-breaker of the chronological sort done by the preprocess layer.
 
 The module also holds the small I/O helpers shared by the other loaders (reading plain or
-gzip files, strict decoding with a line number on failure, and splitting delimiter-separated
-lines with exact line numbers in error messages).
+gzip files, strict decoding with a line number on failure, the final-newline check that
+catches truncated files, and splitting delimiter-separated lines with exact line numbers in
+error messages).
 """
 
 from __future__ import annotations
 
+import glob as globlib
 import gzip
 import io
 import logging
+import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
@@ -57,10 +43,17 @@ from flip_ctr.data.schema import (
     LabelRule,
     LoadedTable,
 )
+from flip_ctr.data.sources.table_schema import (
+    UNKNOWN,
+    check_columns,
+    check_labels,
+    field_value,
+    label_rule,
+    read_table_schema,
+    row_location,
+)
 
 log = logging.getLogger(__name__)
-
-UNKNOWN = "unknown"
 LINE_COLUMN = "_line"  # 1-based physical line number, kept while parsing for error messages
 
 
@@ -134,6 +127,26 @@ def decode_text(raw: bytes, path: Path, encoding: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+def require_final_newline(raw: bytes, path: Path) -> None:
+    """A text file that does not end with a newline may have been cut short (a partial copy or
+    download): its last line would be read as a complete, but wrong, record."""
+    if raw.endswith(b"\n"):
+        return
+    line = raw.count(b"\n") + 1
+    last = raw[raw.rfind(b"\n") + 1 :].decode("latin-1")
+    raise DataError(
+        f"{path} line {line}: the file does not end with a newline, so its last line may be truncated "
+        f"(it ends with {last[-60:]!r}); if the file is complete, add the missing final newline"
+    )
+
+
+def read_text(path: Path, encoding: str) -> str:
+    """:func:`read_bytes` + :func:`require_final_newline` + :func:`decode_text`."""
+    raw = read_bytes(path)
+    require_final_newline(raw, path)
+    return decode_text(raw, path, encoding)
+
+
 def text_lines(text: str) -> list[str]:
     """Physical lines (LF or CRLF), without the empty tail after the last newline(s)."""
     lines = text.split("\n")
@@ -164,7 +177,7 @@ def split_delimited(
     decoded the file.
     """
     if lines is None:
-        lines = text_lines(decode_text(read_bytes(path), path, encoding))
+        lines = text_lines(read_text(path, encoding))
     first = 1
     if header:
         lines = lines[1:]
@@ -219,6 +232,20 @@ def cast_number(
             f"got {frame[column][i]!r} ({int(bad.sum())} such value(s) in the file)"
         )
     return out
+
+
+def cast_rating(frame: pl.DataFrame, column: str, path: Path, low: int, high: int, *, what: str | None = None) -> pl.Series:
+    """A rating column → Int64, each value an integer in the dataset's documented scale
+    ``[low, high]``; the first that is not (text, a fraction, out of range) raises DataError with its line."""
+    numbers = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
+    bad = (numbers.is_null() | ~numbers.is_between(low, high) | (numbers != numbers.floor())).fill_null(True)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{path} line {frame[LINE_COLUMN][i]}: column {what or column!r}: expected an integer rating from {low} to {high}, "
+            f"got {frame[column][i]!r} ({int(bad.sum())} such value(s) in the file)"
+        )
+    return numbers.cast(pl.Int64)
 
 
 def check_unique(frame: pl.DataFrame, column: str, path: Path, what: str) -> None:
@@ -283,87 +310,66 @@ def apply_label_rule(table: pl.DataFrame, rule: LabelRule, rating_column: str, w
 # load_table
 # --------------------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "fields", "label", "time_column", "separator"}
-_REQUIRED_TOP = {"name", "fields", "label"}
-_FIELD_KEYS = {"column", "name", "side"}
-_LABEL_KEYS = {"column", "threshold", "drop_equal"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 
 
-def _yaml_error(yaml_path: Path, key: str, message: str) -> DataError:
-    return DataError(f"{yaml_path}: key {key!r}: {message}")
+def parquet_files(path: str | Path) -> list[Path]:
+    """A Parquet file, a directory of ``*.parquet`` / ``*.pq`` (name order) or a glob → files."""
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        files = sorted(x for x in p.iterdir() if x.suffix in PARQUET_SUFFIXES and x.is_file())
+    elif p.is_file():
+        files = [p]
+    else:
+        files = [Path(x) for x in sorted(globlib.glob(text))]
+    if not files:
+        raise DataError(f"{path}: no Parquet file found (expected a .parquet file, a directory of them or a glob)")
+    for f in files:
+        if not set(PARQUET_SUFFIXES) & set(f.suffixes):
+            raise DataError(f"{f}: only Parquet files can be read from a directory or glob (a CSV table: give the file)")
+    return files
 
 
-def read_table_schema(schema_yaml: str | Path) -> dict[str, Any]:
-    """Parse and validate the YAML schema of :func:`load_table` (structure only, not columns)."""
-    import yaml
+def table_paths(path: str | Path | None, schema_yaml: str | Path | None, data_dir: str | Path | None) -> tuple[Path, Path]:
+    """(the table: file or directory, the schema YAML). Without ``path``, ``data_dir`` is the table;
+    with both, a relative ``path``/``schema_yaml`` that does not exist is taken relative to ``data_dir``."""
+    if schema_yaml is None:
+        raise DataError("the table's YAML schema is required (data.schema=SCHEMA.yaml): it says which columns are fields and the label")
+    if path is None:
+        if data_dir is None:
+            raise DataError("the table is required (data.path=FILE_OR_DIR: a CSV/TSV/Parquet file or a directory of Parquet files)")
+        path, data_dir = data_dir, None
+    table, yaml_path = Path(path).expanduser(), Path(schema_yaml).expanduser()
+    if data_dir is not None and Path(data_dir).is_dir():
+        if not table.is_absolute() and not table.exists():
+            table = Path(data_dir) / table
+        if not yaml_path.is_absolute() and not yaml_path.exists():
+            yaml_path = Path(data_dir) / yaml_path
+    return table, yaml_path
 
-    yaml_path = Path(schema_yaml)
-    raw = read_bytes(yaml_path)
-    text = decode_text(raw, yaml_path, "utf-8")
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise DataError(f"{yaml_path}: not valid YAML ({err})") from err
-    if not isinstance(spec, dict):
-        raise DataError(f"{yaml_path}: expected a mapping with keys {sorted(_REQUIRED_TOP)}, got {type(spec).__name__}")
-    unknown = set(spec) - _TOP_KEYS
-    if unknown:
-        raise _yaml_error(yaml_path, sorted(unknown)[0], f"unknown key (allowed: {sorted(_TOP_KEYS)})")
-    for key in sorted(_REQUIRED_TOP - set(spec)):
-        raise _yaml_error(yaml_path, key, "missing (required keys: name, fields, label)")
-    if not isinstance(spec["name"], str) or not spec["name"]:
-        raise _yaml_error(yaml_path, "name", f"expected a non-empty string, got {spec['name']!r}")
-    fields = spec["fields"]
-    if not isinstance(fields, list) or not fields:
-        raise _yaml_error(yaml_path, "fields", "expected a non-empty list of {column, name, side}")
-    for i, f in enumerate(fields):
-        key = f"fields[{i}]"
-        if not isinstance(f, dict):
-            raise _yaml_error(yaml_path, key, f"expected a mapping {{column, name, side}}, got {f!r}")
-        unknown = set(f) - _FIELD_KEYS
-        if unknown:
-            raise _yaml_error(yaml_path, f"{key}.{sorted(unknown)[0]}", f"unknown key (allowed: {sorted(_FIELD_KEYS)})")
-        for req in ("column", "name"):
-            if req not in f:
-                raise _yaml_error(yaml_path, f"{key}.{req}", "missing")
-            if not isinstance(f[req], str) or not f[req]:
-                raise _yaml_error(yaml_path, f"{key}.{req}", f"expected a non-empty string, got {f[req]!r}")
-        side = f.get("side", "context")
-        if side not in ("user", "item", "context"):
-            raise _yaml_error(yaml_path, f"{key}.side", f"expected user, item or context, got {side!r}")
-    columns = [f["column"] for f in fields]
-    dups = sorted({c for c in columns if columns.count(c) > 1})
-    if dups:
-        raise _yaml_error(yaml_path, "fields", f"column(s) {dups} listed more than once")
-    label = spec["label"]
-    if not isinstance(label, dict):
-        raise _yaml_error(yaml_path, "label", f"expected a mapping {{column, threshold, drop_equal}}, got {label!r}")
-    unknown = set(label) - _LABEL_KEYS
-    if unknown:
-        raise _yaml_error(yaml_path, f"label.{sorted(unknown)[0]}", f"unknown key (allowed: {sorted(_LABEL_KEYS)})")
-    if "column" not in label or not isinstance(label["column"], str):
-        raise _yaml_error(yaml_path, "label.column", "missing or not a string")
-    if "threshold" in label and (isinstance(label["threshold"], bool) or not isinstance(label["threshold"], (int, float))):
-        raise _yaml_error(yaml_path, "label.threshold", f"expected a number, got {label['threshold']!r}")
-    if "drop_equal" in label:
-        if not isinstance(label["drop_equal"], bool):
-            raise _yaml_error(yaml_path, "label.drop_equal", f"expected true/false, got {label['drop_equal']!r}")
-        if "threshold" not in label:
-            raise _yaml_error(yaml_path, "label.drop_equal", "only meaningful together with label.threshold")
-    if label["column"] in columns:
-        raise _yaml_error(yaml_path, "label.column", f"{label['column']!r} is also listed as a field")
-    tc = spec.get("time_column")
-    if tc is not None and (not isinstance(tc, str) or not tc):
-        raise _yaml_error(yaml_path, "time_column", f"expected a column name, got {tc!r}")
-    sep = spec.get("separator", ",")
-    if not isinstance(sep, str) or len(sep) != 1:
-        raise _yaml_error(yaml_path, "separator", f"expected one character, got {sep!r}")
-    return spec
+
+def table_data_files(table: Path) -> list[Path]:
+    """The file(s) a table is read from: a CSV/TSV/Parquet file, or the Parquet files of a directory."""
+    if table.is_dir() or not table.exists() and any(c in str(table) for c in "*?["):
+        return parquet_files(table)
+    require_file(table, "table file (CSV, TSV or Parquet, or a directory of Parquet files)")
+    suffixes = {s.lower() for s in table.suffixes}
+    if not suffixes & set(PARQUET_SUFFIXES + CSV_SUFFIXES):
+        raise DataError(f"{table}: unsupported table format {table.suffix!r} (expected .csv, .tsv, .parquet or a directory of .parquet files)")
+    return [table]
+
+
+def table_files(path: str | Path | None = None, schema_yaml: str | Path | None = None, *,
+                data_dir: str | Path | None = None) -> list[Path]:
+    """Every file :func:`load_table` reads with these arguments (the table file(s), then the schema)."""
+    table, yaml_path = table_paths(path, schema_yaml, data_dir)
+    return [*table_data_files(table), require_file(yaml_path, "table schema (YAML)")]
 
 
 def _read_csv_table(path: Path, sep: str) -> pl.DataFrame:
-    raw = read_bytes(path)
-    text = decode_text(raw, path, "utf-8")
+    text = read_text(path, "utf-8")
     try:
         frame = pl.read_csv(
             io.BytesIO(text.encode("utf-8")),
@@ -384,6 +390,18 @@ def _read_csv_table(path: Path, sep: str) -> pl.DataFrame:
     return frame
 
 
+def _read_table(files: list[Path], spec: dict) -> tuple[pl.DataFrame, int]:
+    """(the raw table, the line of data row 0 minus 0: 2 for CSV, 0 (no lines) for Parquet)."""
+    first = files[0]
+    if set(PARQUET_SUFFIXES) & {s.lower() for s in first.suffixes}:
+        try:
+            return pl.read_parquet([str(f) for f in files]), 0
+        except Exception as err:  # noqa: BLE001 - polars/arrow raise several types
+            raise DataError(f"{', '.join(map(str, files[:3]))}: could not read as Parquet ({err})") from err
+    sep = spec["separator"] or ("\t" if ".tsv" in {s.lower() for s in first.suffixes} else ",")
+    return _read_csv_table(first, sep), 2  # data row i (0-based) is on line i + 2 when no value holds a line break
+
+
 def _to_epoch_seconds(col: pl.Series, path: Path, name: str, line_offset: int) -> pl.Series:
     dtype = col.dtype
     if dtype.is_integer():
@@ -395,28 +413,53 @@ def _to_epoch_seconds(col: pl.Series, path: Path, name: str, line_offset: int) -
     elif isinstance(dtype, pl.Datetime):
         out = col.dt.epoch("s")
     elif dtype == pl.Utf8:
-        text = col.str.strip_chars()
-        out = text.cast(pl.Int64, strict=False)
-        floats = text.cast(pl.Float64, strict=False)
-        out = out.fill_null(floats.floor().cast(pl.Int64, strict=False))
-        if out.null_count() > text.null_count():
-            try:
-                parsed = text.str.to_datetime(strict=False, time_unit="ms")
-            except Exception:  # noqa: BLE001 - no ISO-8601 format could be inferred
-                parsed = None
-            if parsed is not None:
-                if parsed.dtype.time_zone is None:  # type: ignore[union-attr]
-                    parsed = parsed.dt.replace_time_zone("UTC")
-                out = out.fill_null(parsed.dt.epoch("s"))
+        out = _text_to_epoch_seconds(col)
     else:
         raise DataError(f"{path}: time column {name!r} has type {dtype}, expected seconds, a date/datetime or ISO-8601 text")
     bad = out.is_null()
     if bad.any():
         i = int(bad.arg_true()[0])
         raise DataError(
-            f"{path} data row {i + 1}{line_offset and f' (line {i + line_offset})' or ''}: time column {name!r}: "
+            f"{row_location(str(path), i, line_offset)}: time column {name!r}: "
             f"expected epoch seconds, a date/datetime or ISO-8601 text, got {col[i]!r}"
         )
+    return out
+
+
+def _text_to_epoch_seconds(col: pl.Series) -> pl.Series:
+    text = col.str.strip_chars()
+    out = text.cast(pl.Int64, strict=False)
+    out = out.fill_null(text.cast(pl.Float64, strict=False).floor().cast(pl.Int64, strict=False))
+    if out.null_count() > text.null_count():
+        try:
+            parsed = text.str.to_datetime(strict=False, time_unit="ms")
+        except Exception:  # noqa: BLE001 - no ISO-8601 format could be inferred
+            return out
+        if parsed.dtype.time_zone is None:  # type: ignore[union-attr]
+            parsed = parsed.dt.replace_time_zone("UTC")
+        out = out.fill_null(parsed.dt.epoch("s"))
+    return out
+
+
+def _dataset_schema(spec: dict, has_time: bool) -> DatasetSchema:
+    fields = tuple(Field(f["column"], f["name"], f["side"], f["missing"]) for f in spec["fields"])
+    return DatasetSchema(spec["name"], fields, time_column=TIME_COLUMN if has_time else None)
+
+
+def _labelled_rows(frame: pl.DataFrame, spec: dict, source: str, line_offset: int, yaml_path: Path) -> pl.DataFrame:
+    """Field values, label, timestamp and row position of every kept row (see the value rules)."""
+    label = spec["label"]
+    dtypes = frame.schema
+    lf = frame.lazy().with_row_index(ROW_COLUMN).with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
+    check_labels(lf, label, dtypes[label["column"]], yaml_path, source, line_offset, ROW_COLUMN)
+    label_value, keep = label_rule(label, dtypes[label["column"]])
+    columns = [field_value(f, dtypes[f["column"]], strip=line_offset > 0).alias(f["column"]) for f in spec["fields"]]
+    columns += [label_value.alias(LABEL_COLUMN)] + ([pl.col(TIME_COLUMN)] if TIME_COLUMN in frame.columns else []) + [pl.col(ROW_COLUMN)]
+    if keep is not None:
+        lf = lf.filter(keep)
+    out = lf.select(columns).collect()
+    if keep is not None:
+        log.info("%s: label rule dropped %d of %d rows with label == %g", source, frame.height - out.height, frame.height, label["threshold"])
     return out
 
 
@@ -426,114 +469,27 @@ def load_table(
     *,
     data_dir: str | Path | None = None,
 ) -> LoadedTable:
-    """Load a CSV (``.csv``, ``.tsv``, optionally ``.gz``) or Parquet file described by a YAML schema.
+    """Load a CSV/TSV (optionally gzip) or Parquet file, or a directory of Parquet files, described by a YAML schema.
 
-    ``load_table(path, schema_yaml)``. For the loader registry (which passes ``data_dir=``):
-    a relative ``path``/``schema_yaml`` is taken relative to ``data_dir``, and without
-    ``path`` ``data_dir`` itself is the table file.
-
-    See the module docstring for the YAML keys and the value rules. Errors name the YAML file
-    and key (schema problems) or the data file, row and column (data problems).
+    ``load_table(path, schema_yaml)``; ``data_dir`` is the fallback of :func:`table_paths`
+    (``data.data_dir=TABLE`` works like ``data.path=TABLE``). See
+    :mod:`flip_ctr.data.sources.table_schema` for the YAML keys and the value rules. Errors name
+    the YAML file and key (schema problems) or the data file, row, column and value.
     """
-    if schema_yaml is None:
-        raise DataError("load_table: schema_yaml is required (the YAML file that describes the table)")
-    if path is None:
-        if data_dir is None:
-            raise DataError("load_table: give the table file (path=... or data_dir=...)")
-        path = Path(data_dir)
-    path, yaml_path = Path(path), Path(schema_yaml)
-    if data_dir is not None and Path(data_dir).is_dir():
-        if not path.is_absolute() and not path.exists():
-            path = Path(data_dir) / path
-        if not yaml_path.is_absolute() and not yaml_path.exists():
-            yaml_path = Path(data_dir) / yaml_path
-    spec = read_table_schema(yaml_path)
-    require_file(path, "table file")
-    suffixes = [s.lower() for s in path.suffixes]
-    is_parquet = ".parquet" in suffixes or ".pq" in suffixes
-    line_offset = 0
-    if is_parquet:
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as err:
-            raise DataError(f"{path}: could not read as Parquet ({err})") from err
-    elif {".csv", ".tsv", ".txt"} & set(suffixes):
-        sep = spec.get("separator", "\t" if ".tsv" in suffixes else ",")
-        frame = _read_csv_table(path, sep)
-        line_offset = 2  # data row i (0-based) is on line i + 2 when no value holds a line break
-    else:
-        raise DataError(f"{path}: unsupported table format {path.suffix!r} (expected .csv, .tsv or .parquet)")
+    table, yaml_path = table_paths(path, schema_yaml, data_dir)
+    spec = read_table_schema(require_file(yaml_path, "table schema (YAML)"))
+    files = table_data_files(table)
+    frame, line_offset = _read_table(files, spec)
     if frame.height == 0:
-        raise DataError(f"{path}: table has a header but no rows")
-
-    field_specs = spec["fields"]
-    label_spec = spec["label"]
-    time_column = spec.get("time_column")
-    needed = [(f"fields[{i}].column", f["column"]) for i, f in enumerate(field_specs)]
-    needed.append(("label.column", label_spec["column"]))
+        raise DataError(f"{table}: table has a header but no rows")
+    check_columns(spec, frame.columns, yaml_path, str(table))
+    time_column = spec["time_column"]
     if time_column:
-        needed.append(("time_column", time_column))
-    for key, column in needed:
-        if column not in frame.columns:
-            raise DataError(
-                f"{yaml_path}: key {key!r}: column {column!r} not found in {path} "
-                f"(its columns: {frame.columns[:30]})"
-            )
-
-    def where(i: int) -> str:
-        return f"{path} data row {i + 1}" + (f" (line {i + line_offset})" if line_offset else "")
-
-    out: dict[str, pl.Series] = {}
-    for f in field_specs:
-        col = frame[f["column"]]
-        text = col if col.dtype == pl.Utf8 else col.cast(pl.Utf8)
-        if col.dtype == pl.Utf8 and line_offset:
-            text = text.str.strip_chars()
-        text = text.fill_null(UNKNOWN)
-        text = text.replace("", UNKNOWN)
-        out[f["column"]] = text
-
-    label_col = frame[label_spec["column"]]
-    if label_col.null_count():
-        i = int(label_col.is_null().arg_true()[0])
-        raise DataError(f"{where(i)}: label column {label_spec['column']!r} is empty")
-    if label_col.dtype == pl.Boolean:
-        numeric = label_col.cast(pl.Float64)
-    elif label_col.dtype == pl.Utf8:
-        lowered = label_col.str.strip_chars().str.to_lowercase()
-        numeric = lowered.replace({"true": "1", "false": "0"}).cast(pl.Float64, strict=False)
-    else:
-        numeric = label_col.cast(pl.Float64, strict=False)
-    if numeric.null_count():
-        i = int(numeric.is_null().arg_true()[0])
-        raise DataError(f"{where(i)}: label column {label_spec['column']!r}: expected a number, got {label_col[i]!r}")
-    rating_col = "__rating"
-    work = pl.DataFrame(out).with_columns(
-        numeric.alias(rating_col),
-        pl.int_range(0, frame.height, dtype=pl.Int64).alias(ROW_COLUMN),
-    )
-    if time_column:
-        work = work.with_columns(_to_epoch_seconds(frame[time_column], path, time_column, line_offset).alias(TIME_COLUMN))
-
-    if "threshold" in label_spec:
-        rule = LabelRule(float(label_spec["threshold"]), bool(label_spec.get("drop_equal", False)))
-        work = apply_label_rule(work, rule, rating_col, str(path))
-    else:
-        bad = ~numeric.is_in([0.0, 1.0])
-        if bad.any():
-            i = int(bad.arg_true()[0])
-            raise DataError(
-                f"{where(i)}: label column {label_spec['column']!r}: expected 0/1 (no threshold in {yaml_path}), "
-                f"got {label_col[i]!r}; add `threshold:` to the label to binarise ratings"
-            )
-        work = work.with_columns(pl.col(rating_col).cast(pl.Int8).alias(LABEL_COLUMN))
-
-    fields = tuple(Field(f["column"], f["name"], f.get("side", "context")) for f in field_specs)
-    schema = DatasetSchema(spec["name"], fields, time_column=TIME_COLUMN if time_column else None)
-    columns = [f.column for f in fields] + [LABEL_COLUMN] + ([TIME_COLUMN] if time_column else []) + [ROW_COLUMN]
-    loaded = LoadedTable(work.select(columns), schema, [path, yaml_path])
+        frame = frame.with_columns(_to_epoch_seconds(frame[time_column], table, time_column, line_offset).alias(TIME_COLUMN))
+    work = _labelled_rows(frame, spec, str(table), line_offset, yaml_path)
+    loaded = LoadedTable(work, _dataset_schema(spec, bool(time_column)), [*files, yaml_path])
     loaded.validate()
-    log.info("%s: loaded %d rows, %d fields", path, loaded.table.height, len(fields))
+    log.info("%s: loaded %d rows, %d fields", table, loaded.table.height, len(spec["fields"]))
     return loaded
 
 
@@ -541,13 +497,18 @@ __all__ = [
     "UNKNOWN",
     "LINE_COLUMN",
     "load_table",
+    "table_files",
+    "table_paths",
+    "parquet_files",
     "read_table_schema",
     "require_file",
     "read_bytes",
+    "read_text",
     "decode_text",
     "text_lines",
     "split_delimited",
     "cast_number",
+    "cast_rating",
     "check_unique",
     "check_references",
     "locate_dir",
