@@ -76,7 +76,9 @@ def serving_headlines(serving: dict) -> list[list]:
 
 
 def serving_section(serving: dict) -> list[str]:
+    m = serving["machine"]
     out = ["## 5. Serving: `flip-ctr predict` (ONNX + onnxruntime)", "",
+           f"**Another machine than the sections above**: {m['cpu_model']}, {m['cpu_count']} vCPUs, shared. "
            f"From `results/benchmarks/serving.md` ({serving['date']}, `{serving['command']}`, load "
            f"{serving['machine']['loadavg_start']} → {serving['machine'].get('loadavg_end')}): DCNv2 (`conf/id_model/dcnv2.yaml`) "
            f"exported in {serving['export']['export_s']:.1f} s; {serving['args']['rows']:,} raw rows; every run listed with the "
@@ -84,6 +86,14 @@ def serving_section(serving: dict) -> list[str]:
     rows = [[r["input"], r["threads"], f"{r['rows_per_s']:,.0f}", f"{r['rows_per_cpu_s']:,.0f}", f"{r['wall_s']:.1f}",
              str(r["loadavg_before"])] for r in serving["end_to_end"]]
     out += [fmt_table(["input", "threads", "rows/s (wall)", "rows per CPU-s", "wall s", "load avg before"], rows), ""]
+    for stage in serving.get("stages", []):
+        if stage.get("torchscript"):
+            ts = stage["torchscript"]
+            ours = [r["rows_per_cpu_s"] for r in ts["runs"] if r["predict"] != "torchscript"]
+            old = [r["rows_per_cpu_s"] for r in ts["runs"] if r["predict"] == "torchscript"]
+            out += [f"Side by side in one process (decode + lookup + model on the same {ts['rows']:,} rows, alternating): "
+                    f"{min(ours):,.0f}–{max(ours):,.0f} rows per CPU-s, against {min(old):,.0f}–{max(old):,.0f} for the "
+                    f"TorchScript predict of `{ts['rev']}` ({min(ours) / max(old):.1f}–{max(ours) / min(old):.1f}x).", ""]
     return out
 
 
