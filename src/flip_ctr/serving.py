@@ -196,6 +196,8 @@ def _check_parity(served, session, space: FeatureSpace) -> None:
         diff = float(np.abs(got - expected[: len(rows)]).max())
         if not diff <= PARITY_ATOL:
             raise ServingError(f"the ONNX graph differs from the eager model by {diff:.3g} (> {PARITY_ATOL}): not exported")
+
+
 def feature_space(data_cfg) -> FeatureSpace:
     """The run's vocabularies, from the preprocessed-data cache (rebuilt from the data if absent).
     The same source and cache as CTRDataModule, without importing Lightning (which pulls in
@@ -275,13 +277,13 @@ def load_run(run_dir: str | Path, ckpt: str | None = None):
 
 def export(run_dir: str | Path, out: str | Path, ckpt: str | None = None) -> Path:
     """Writes MODEL_DIR atomically (temp dir renamed into place); returns it."""
+    import torch
+
     out = Path(out)
     if out.exists() and not (out / META_FILE).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an exported model: refusing to overwrite it")
     model, space, meta = load_run(run_dir, ckpt)
     files = {MODEL_FILE: onnx_model(model, space), VOCAB_FILE: vocab_json(space)}
-    import torch
-
     meta.update(
         format_version=FORMAT_VERSION,
         dataset=space.schema.name,
