@@ -514,12 +514,12 @@ def _finetuned_checkpoints(out: Path, strategies, strategy: str) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-    header = "| model | dataset | ID model | PLM | ablation | seed | test AUC | test Logloss | fit s |"
+    header = "| model | dataset | ID model | PLM | ablation | seed | test AUC | test Logloss | fit s | protocol |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for m in results:
         label = STRATEGY_LABELS.get(m.get("strategy", m.get("stage")), m.get("stage"))
         lines.append(
             f"| {label} | {m.get('dataset')} | {m.get('id_model')} | {m.get('plm') or '-'} | {m.get('ablation') or '-'} "
-            f"| {m.get('seed')} | {m['auc']:.4f} | {m['logloss']:.4f} | {m.get('fit_seconds', 0):.0f} |"
+            f"| {m.get('seed')} | {m['auc']:.4f} | {m['logloss']:.4f} | {m.get('fit_seconds', 0):.0f} | {m.get('protocol', '-')} |"
         )
     return "\n".join(lines)
