@@ -44,17 +44,18 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(data, tmp_path):
     good = json.loads((sweep / "1" / "metrics.json").read_text())
     assert 0 <= good["auc"] <= 1 and not (sweep / "1" / "error.txt").exists()
     error = (sweep / "0" / "error.txt").read_text()
-    assert error.startswith("Traceback") and "ValueError: Invalid learning rate: -1" in error
+    # the job's config is checked before it runs (flip_ctr.config): the value is named
+    assert error.startswith("Traceback") and "ConfigError: stage.lr must be a number > 0, got -1" in error
     assert not (sweep / "0" / "metrics.json").exists()
     lines = (sweep / "failures.tsv").read_text().splitlines()
     assert len(lines) == 1
     num, run_dir, overrides, reason = lines[0].split("\t")
     assert (num, Path(run_dir)) == ("0", sweep / "0") and "stage.lr=-1" in overrides.split()
-    assert reason == "ValueError: Invalid learning rate: -1"
+    assert reason == "ConfigError: stage.lr must be a number > 0, got -1"
 
 
 def test_failed_single_run_writes_its_traceback(data, tmp_path):
     proc = flip_ctr(data, tmp_path, "stage.lr=-1", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0
-    assert "Invalid learning rate" in (tmp_path / "run" / "error.txt").read_text()
+    assert "stage.lr must be a number > 0, got -1" in (tmp_path / "run" / "error.txt").read_text()
     assert not list(tmp_path.rglob("failures.tsv"))

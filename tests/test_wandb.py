@@ -80,8 +80,12 @@ def test_train_writes_an_offline_run_with_the_test_auc(data, tmp_path):
     flip_ctr(["train", *common(data, tmp_path), "id_model=deepfm", "seed=7", "stage.max_epochs=1"], tmp_path)
     (metrics_path,) = (tmp_path / "logs").rglob("metrics.json")
     metrics = json.loads(metrics_path.read_text())
+    # protocol=refit: the selection fit (epoch count on validation) and the final fit are two runs
     runs = find_offline_runs(metrics_path.parent)
-    assert len(runs) == 1 and runs[0].parent == metrics_path.parent / "wandb"
+    assert sorted(r.parent for r in runs) == sorted([metrics_path.parent / "wandb", metrics_path.parent / "selection" / "wandb"])
+    selection = read_offline_run(next(r for r in runs if r.parent.parent.name == "selection"))
+    assert selection["name"] == "ml100k-deepfm-ctr-full-s7-selection" and selection["job_type"] == "ctr-selection"
+    runs = [r for r in runs if r.parent == metrics_path.parent / "wandb"]
     run = read_offline_run(runs[0])
     assert run["name"] == "ml100k-deepfm-ctr-full-s7" == run_name("ml100k", "deepfm", "ctr", "full", 7)
     assert run["job_type"] == "ctr" and {"ml100k", "deepfm", "ctr"} <= set(run["tags"])
@@ -108,7 +112,10 @@ def test_pipeline_gives_one_named_run_per_stage(data, tmp_path):
     (summary_path,) = (tmp_path / "logs").rglob("summary.json")
     run_dir = summary_path.parent
     runs = {path.parents[1].name: read_offline_run(path) for path in find_offline_runs(run_dir)}
-    assert set(runs) == {"pretrain", "finetune_id"}  # one W&B run per stage, in its stage directory
+    # one W&B run per fit, in its own directory: under protocol=refit FLIP_ID fits twice
+    assert set(runs) == {"pretrain", "finetune_id", "selection"}
+    assert runs["selection"]["name"] == "ml100k-dcnv2-finetune_id-no_mtm-s3-selection"
+    assert runs["selection"]["job_type"] == "finetune_id-selection" and runs["selection"]["group"] == run_dir.name
     assert runs["pretrain"]["name"] == "ml100k-dcnv2+tiny_random-pretrain-no_mtm-s3"
     assert runs["finetune_id"]["name"] == "ml100k-dcnv2-finetune_id-no_mtm-s3"
     assert runs["pretrain"]["id"] != runs["finetune_id"]["id"]

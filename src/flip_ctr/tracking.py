@@ -102,17 +102,22 @@ class FlipWandbLogger(WandbLogger):
         tags: list[str] | tuple[str, ...] | None = None,
         **kwargs: Any,
     ) -> None:
-        stage = stage or Path(save_dir).resolve().name
+        # protocol=refit fits a stage twice: <stage dir>/selection (choosing the epoch count), then
+        # <stage dir> itself. The selection fit is its own run, named and typed as such.
+        directory = Path(save_dir).resolve()
+        selection = directory.name == "selection"
+        stage = stage or (directory.parent if selection else directory).name
         self.flip_info = {
             "dataset": dataset, "id_model": id_model, "plm": plm, "stage": stage, "ablation": ablation, "seed": seed
         }
-        name = name or run_name(dataset, id_model, stage, ablation, seed, plm)
+        name = name or run_name(dataset, id_model, stage, ablation, seed, plm) + ("-selection" if selection else "")
+        job_type = job_type or (f"{stage}-selection" if selection else stage)
         group = group or (Path(run_dir).name if run_dir else None)
         derived_tags = [str(t) for t in (dataset, id_model, stage, ablation, task) if t]
         if plm and stage not in ID_ONLY_STAGES:
             derived_tags.append(str(plm))
         tags = list(dict.fromkeys([*(tags or []), *derived_tags]))  # keep order, no duplicates
-        super().__init__(name=name, save_dir=save_dir, group=group, job_type=job_type or stage, tags=tags, **kwargs)
+        super().__init__(name=name, save_dir=save_dir, group=group, job_type=job_type, tags=tags, **kwargs)
 
     @property
     @rank_zero_experiment
