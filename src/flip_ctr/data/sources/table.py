@@ -270,7 +270,7 @@ def check_references(
     line_column: str = LINE_COLUMN,
 ) -> None:
     """Every ``frame[key]`` must be in ``known`` (e.g. each rating's user in users.dat)."""
-    missing = ~frame[key].is_in(known)
+    missing = ~frame[key].is_in(known.implode())  # implode: the membership meaning, without polars' ambiguity warning
     if missing.any():
         i = int(missing.arg_true()[0])
         raise DataError(
