@@ -276,7 +276,7 @@ def _build(files: list[Path], missing_books: str, fast: bool) -> LoadedTable:
         raise DataError(f"{ratings_path} line {ratings[LINE_COLUMN][i]}: column 'ISBN': expected an ISBN, got an empty value")
     check_references(ratings, "user_key", users["user_key"], ratings_path, users_path, "User-ID")
 
-    known = ratings["isbn"].is_in(books["isbn"])
+    known = ratings["isbn"].is_in(books["isbn"].implode())
     n_missing = int((~known).sum())
     if missing_books == "drop":
         ratings = ratings.filter(known)

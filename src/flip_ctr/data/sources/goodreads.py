@@ -355,7 +355,7 @@ def load_goodreads(
             f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'rating': expected an integer rating from "
             f"{GOODREADS_RATINGS[0]} to {GOODREADS_RATINGS[1]}, got {inter['rating'][i]!r}"
         )
-    missing = ~inter["book_id"].is_in(books["book_id"])
+    missing = ~inter["book_id"].is_in(books["book_id"].implode())
     if missing.any():
         i = int(missing.arg_true()[0])
         raise DataError(
