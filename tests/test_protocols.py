@@ -113,7 +113,7 @@ def test_only_the_paper_protocol_may_select_on_test(tmp_path):
     from flip_ctr.train import _protocol
 
     cfg = compose_cfg("train", ["protocol=refit", "protocol.select_on=test"])
-    with pytest.raises(ValueError, match="only the paper protocol"):
+    with pytest.raises(ValueError, match="is the paper protocol's rule alone"):
         _protocol(cfg)
 
 

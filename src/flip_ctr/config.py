@@ -191,7 +191,8 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError("data.path is required with data=table: data.path=FILE_OR_DIR data.schema=SCHEMA.yaml (docs/own_data.md)")
 
 
-def _check_protocol(cfg: DictConfig) -> None:
+def check_protocol(cfg: DictConfig) -> None:
+    """The protocol's values, and select_on=test only under the paper protocol (also used by run_stage)."""
     _check_group(cfg, "protocol", PROTOCOL_RULES)
     protocol = cfg.get("protocol")
     if protocol is not None and (protocol.get("select_on") == "test") != (protocol.get("name") == "paper"):
@@ -223,7 +224,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_group(cfg, "ablation", ABLATION_RULES)
     _check_group(cfg, "id_model", ID_MODEL_RULES)
     _check_group(cfg, "regularization", REGULARIZATION_RULES)
-    _check_protocol(cfg)
+    check_protocol(cfg)
     for prefix in _stage_prefixes(cfg):
         _check_group(cfg, prefix, STAGE_RULES)
     _check_strategies(cfg)

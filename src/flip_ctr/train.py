@@ -219,21 +219,16 @@ class Protocol:
         return "fit" if self.name == "holdout" else "train"
 
 
-PROTOCOLS = ("paper", "refit", "holdout")
-
-
 def _protocol(cfg: DictConfig) -> Protocol:
+    """The protocol block, checked by the same rules as at config time (flip_ctr.config), so a
+    caller of run_stage that skipped the CLI's validation cannot select on test either."""
+    from flip_ctr.config import check_protocol
+
     p = cfg.get("protocol")
     if p is None:
         raise ValueError("no protocol in the config: add `protocol: refit` (or paper/holdout) to the defaults list")
-    if p.name not in PROTOCOLS:
-        raise ValueError(f"protocol.name must be one of {PROTOCOLS}, got {p.name!r}")
-    protocol = Protocol(name=p.name, label=p.label, fit_split=p.fit_split, select_on=p.select_on, patience=int(p.patience))
-    if (protocol.select_on == "test") != (protocol.name == "paper"):
-        raise ValueError(f"protocol {protocol.name}: only the paper protocol may select on the test split (select_on={protocol.select_on!r})")
-    if protocol.patience < 1:
-        raise ValueError(f"protocol.patience must be >= 1, got {protocol.patience}")
-    return protocol
+    check_protocol(cfg)
+    return Protocol(name=p.name, label=p.label, fit_split=p.fit_split, select_on=p.select_on, patience=int(p.patience))
 
 
 def _fit(
