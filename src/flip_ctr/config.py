@@ -120,6 +120,7 @@ ABLATION_RULES: dict[str, Check] = {
     "icl_projection": one_of("layernorm", "l2"),
     "nce": one_of("corrected", "negative_sampling"),
     "mtm_input": one_of("masked_and_attended", "attended"),
+    "mlm_vocabulary": one_of("full", "text"),
     "remove_accidental_hits": optional(boolean),
 }
 PROTOCOL_RULES: dict[str, Check] = {
@@ -156,6 +157,8 @@ STAGE_RULES: dict[str, Check] = {
     "validate": boolean,
     "needs_text": boolean,
     "train_split": one_of("fit", "train"),
+    "freeze_plm": boolean,
+    "text_encoding": one_of("row", "per_field"),
 }
 
 
@@ -208,6 +211,20 @@ def _stage_prefixes(cfg: DictConfig) -> list[str]:
     return ["stage"] if "stage" in cfg else []
 
 
+def _check_text_encoding(cfg: DictConfig, prefix: str) -> None:
+    stage = OmegaConf.select(cfg, prefix)
+    if stage.get("text_encoding", "row") != "per_field":
+        return
+    from flip_ctr.models.field_text_states import per_field_encoding_problem
+
+    ablation = cfg.get("ablation") or {}
+    problem = per_field_encoding_problem(
+        bool(stage.get("freeze_plm", False)), bool(ablation.get("use_mlm", True)), bool(ablation.get("field_level_masking", True))
+    )
+    if problem:
+        raise ConfigError(problem.replace("stages.pretrain.", f"{prefix}."))
+
+
 def _check_strategies(cfg: DictConfig) -> None:
     if "strategies" not in cfg or "stages" not in cfg:
         return
@@ -227,6 +244,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_protocol(cfg)
     for prefix in _stage_prefixes(cfg):
         _check_group(cfg, prefix, STAGE_RULES)
+        _check_text_encoding(cfg, prefix)
     _check_strategies(cfg)
 
 

@@ -137,6 +137,8 @@ def build_pretrain(cfg, stage, datamodule, stage_dir):
         save_dir=str(Path(stage_dir) / "aligned"),
         id_model_spec=_id_model_spec(cfg, datamodule),
         freeze_plm=stage.get("freeze_plm", False),
+        text_encoding=stage.get("text_encoding", "row"),
+        text_pieces=datamodule.text,
     )
 
 

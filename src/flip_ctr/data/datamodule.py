@@ -8,7 +8,8 @@ Batch dict (every stage reads the keys it needs):
 - with text (``tokenizer`` given):
   ``input_ids``, ``attention_mask`` [B, L] (dynamic padding), ``token_field_ids`` [B, L]
   (field of the sentence each token belongs to, -1 for [CLS]/[SEP]/padding),
-  ``value_token_mask`` [B, L] (token is part of a field's value span)
+  ``value_token_mask`` [B, L] (token is part of a field's value span),
+  ``text_value_ids`` [B, F] (each field's text-side local value index: per-field text states)
 
 Samples are row indices; the collate function gathers a whole batch with tensor indexing,
 so a batch costs a few vectorised ops rather than B Python ``__getitem__`` calls.
@@ -76,6 +77,7 @@ class BatchBuilder:
                 attention_mask=tokenized.attention_mask,
                 token_field_ids=tokenized.token_field_ids,
                 value_token_mask=tokenized.value_token_mask,
+                text_value_ids=local,
             )
         return batch
 

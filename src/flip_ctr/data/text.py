@@ -42,6 +42,27 @@ class TokenizedBatch:
     num_truncated: int
 
 
+@dataclass
+class RowLayout:
+    """How a batch's field pieces (concatenated along dim 1, each padded to its field's width)
+    map onto the assembled rows ``[CLS] s_1 ... s_F [SEP]``: the kept piece positions
+    (``keep``, row-major) go to ``(rows, positions)``. Shared by the token ids and by anything
+    laid out like them (per-field PLM states, :mod:`flip_ctr.models.field_text_states`)."""
+
+    rows: torch.Tensor  # [N] row of each kept piece token
+    positions: torch.Tensor  # [N] its position in the assembled row (1-based after [CLS])
+    keep: torch.Tensor  # [B, sum of field widths] bool
+    sep_positions: torch.Tensor  # [B] where [SEP] goes
+    length: int  # padded length of the batch
+    num_truncated: int  # rows cut to max_length
+
+    def place(self, out: torch.Tensor, pieces: torch.Tensor) -> torch.Tensor:
+        """Writes ``pieces`` [B, W, ...] at the kept positions of ``out`` [B, length, ...]."""
+        device = out.device
+        out[self.rows.to(device), self.positions.to(device)] = pieces[self.keep.to(pieces.device)]
+        return out
+
+
 class TextPieces:
     """Pre-tokenized sentence pieces for every (field, value), and batch assembly from them."""
 
@@ -94,45 +115,59 @@ class TextPieces:
             prefix_length=len(prefix),
         )
 
+    def token_ids(self) -> torch.Tensor:
+        """Sorted ids of every token a piece contains (templates and values; no [CLS]/[SEP]/padding)."""
+        ids = torch.cat([p.tokens[torch.arange(p.tokens.shape[1]) < p.lengths[:, None]] for p in self.fields])
+        return torch.unique(ids)
+
+    def layout(self, value_ids: torch.Tensor) -> RowLayout:
+        """Where each field piece's tokens go in the assembled rows (see :class:`RowLayout`)."""
+        batch_size = value_ids.shape[0]
+        valid = []
+        for f, pieces in enumerate(self.fields):
+            pos = torch.arange(pieces.tokens.shape[1])
+            valid.append(pos < pieces.lengths[value_ids[:, f].long(), None])
+        valid = torch.cat(valid, 1)
+        # Compact the valid tokens of each row to the left: target position = running count.
+        body_len = valid.sum(1)
+        limit = self.max_length - 2  # room for [CLS] and [SEP]
+        target = torch.cumsum(valid.long(), 1)  # 1-based position after [CLS]
+        keep = valid & (target <= limit)
+        rows = torch.arange(batch_size)[:, None].expand_as(valid)
+        sep_pos = torch.clamp(body_len, max=limit) + 1
+        return RowLayout(
+            rows=rows[keep],
+            positions=target[keep],
+            keep=keep,
+            sep_positions=sep_pos,
+            length=int(sep_pos.max()) + 1,
+            num_truncated=int((body_len > limit).sum()),
+        )
+
     def assemble(self, value_ids: torch.Tensor) -> TokenizedBatch:
         """value_ids [B, F] per-field local indices → padded token batch (dynamic padding)."""
         batch_size = value_ids.shape[0]
-        tokens, valid, field_of, is_value = [], [], [], []
+        tokens, field_of, is_value = [], [], []
         for f, pieces in enumerate(self.fields):
             local = value_ids[:, f].long()
             width = pieces.tokens.shape[1]
             pos = torch.arange(width)
             tokens.append(pieces.tokens[local])
-            valid.append(pos < pieces.lengths[local, None])
             field_of.append(torch.full((batch_size, width), f, dtype=torch.long))
             in_value = (pos >= pieces.prefix_length) & (pos < pieces.prefix_length + pieces.value_lengths[local, None])
             is_value.append(in_value)
-        tokens = torch.cat(tokens, 1)
-        valid = torch.cat(valid, 1)
-        field_of = torch.cat(field_of, 1)
-        is_value = torch.cat(is_value, 1)
-
-        # Compact the valid tokens of each row to the left: target position = running count.
-        body_len = valid.sum(1)
-        limit = self.max_length - 2  # room for [CLS] and [SEP]
-        num_truncated = int((body_len > limit).sum())
-        target = torch.cumsum(valid.long(), 1)  # 1-based position after [CLS]
-        keep = valid & (target <= limit)
-        length = int(torch.clamp(body_len, max=limit).max()) + 2
-        rows = torch.arange(batch_size)[:, None].expand_as(tokens)
-
+        layout = self.layout(value_ids)
+        length = layout.length
         input_ids = torch.full((batch_size, length), self.pad_id, dtype=torch.long)
         token_field_ids = torch.full((batch_size, length), -1, dtype=torch.long)
         value_token_mask = torch.zeros((batch_size, length), dtype=torch.bool)
-        input_ids[rows[keep], target[keep]] = tokens[keep]
-        token_field_ids[rows[keep], target[keep]] = field_of[keep]
-        value_token_mask[rows[keep], target[keep]] = is_value[keep]
+        layout.place(input_ids, torch.cat(tokens, 1))
+        layout.place(token_field_ids, torch.cat(field_of, 1))
+        layout.place(value_token_mask, torch.cat(is_value, 1))
         input_ids[:, 0] = self.cls_id
-        sep_pos = torch.clamp(body_len, max=limit) + 1
-        input_ids[torch.arange(batch_size), sep_pos] = self.sep_id
-        attention_mask = (torch.arange(length)[None, :] <= sep_pos[:, None]).long()
-        return TokenizedBatch(input_ids, attention_mask, token_field_ids, value_token_mask, num_truncated)
-
+        input_ids[torch.arange(batch_size), layout.sep_positions] = self.sep_id
+        attention_mask = (torch.arange(length)[None, :] <= layout.sep_positions[:, None]).long()
+        return TokenizedBatch(input_ids, attention_mask, token_field_ids, value_token_mask, layout.num_truncated)
 
 
 def render_sentence(field_names: list[str], row_values: list[str]) -> str:

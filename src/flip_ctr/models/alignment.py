@@ -40,6 +40,7 @@ __all__ = [
     "NOISE_SCOPES",
     "NCE_LOSSES",
     "MTM_INPUTS",
+    "MLM_VOCABULARIES",
 ]
 
 # The allowed values of the switches where the paper, its reference code and this project differ
@@ -48,6 +49,7 @@ ICL_PROJECTIONS = ("layernorm", "l2")
 NOISE_SCOPES = ("global", "field")
 NCE_LOSSES = ("corrected", "negative_sampling")
 MTM_INPUTS = ("attended", "masked_and_attended")
+MLM_VOCABULARIES = ("full", "text")
 
 # Noise probabilities are floored here before their log is taken (a feature never drawn as noise,
 # e.g. one unseen in training, would otherwise give log 0 = -inf in the NCE correction).
@@ -84,9 +86,24 @@ class MLMHead(nn.Module):
     decoder (Linear → GELU → LayerNorm → Linear to the vocabulary), trained with cross-entropy
     against the original token at every masked position (Eq. 6). ``joint=False`` is the
     "w/o joint reconstruction" ablation: ``q_{i,l} = g_PLM(ŵ_{i,l})`` and ``v`` is ignored.
+
+    ``output_token_ids`` (switch ``ablation.mlm_vocabulary``): ``None`` predicts over the PLM's
+    whole vocabulary (the paper). Given the sorted ids of the tokens the dataset's text can
+    contain (``text``: 5,372 of MiniLM's 30,522 for ML-1M), the softmax runs over those alone:
+    the vocabulary projection, most of a frozen-PLM step's time, shrinks by that ratio, and
+    only tokens that can never be a target leave the normaliser. Logits are then indexed by
+    position in ``output_token_ids``; targets are mapped there (an id outside it is an error).
     """
 
-    def __init__(self, text_dim: int, id_dim: int, vocab_size: int, joint: bool = True, hidden_dim: int | None = None):
+    def __init__(
+        self,
+        text_dim: int,
+        id_dim: int,
+        vocab_size: int,
+        joint: bool = True,
+        hidden_dim: int | None = None,
+        output_token_ids: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.joint = joint
         self.text_dim = text_dim
@@ -95,7 +112,19 @@ class MLMHead(nn.Module):
         hidden_dim = hidden_dim or text_dim
         in_dim = text_dim + id_dim if joint else text_dim
         self.transform = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.LayerNorm(hidden_dim))
-        self.decoder = nn.Linear(hidden_dim, vocab_size)
+        num_outputs = vocab_size
+        self.output_index: torch.Tensor | None = None
+        if output_token_ids is not None:
+            ids = torch.as_tensor(output_token_ids, dtype=torch.long).flatten()
+            if ids.numel() == 0 or (ids[1:] <= ids[:-1]).any() or ids[0] < 0 or ids[-1] >= vocab_size:
+                raise ValueError(f"output_token_ids must be sorted, unique ids in [0, {vocab_size}); got {ids.numel()} ids")
+            # vocabulary id → output index (-1: not an output); saved with the head.
+            output_index = torch.full((vocab_size,), -1, dtype=torch.long)
+            output_index[ids] = torch.arange(ids.numel())
+            del self.output_index
+            self.register_buffer("output_index", output_index)
+            num_outputs = ids.numel()
+        self.decoder = nn.Linear(hidden_dim, num_outputs)
 
     def forward(self, token_states: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         """Vocabulary logits for already-gathered positions: ``token_states`` [N, D_text],
@@ -130,6 +159,10 @@ class MLMHead(nn.Module):
         states = masked_states[sample_idx, pos_idx]
         logits = self(states, v[sample_idx] if self.joint else None)
         targets = target_ids[sample_idx, pos_idx]
+        if self.output_index is not None:
+            targets = self.output_index[targets]
+            if (targets < 0).any():
+                raise ValueError("a masked token is outside output_token_ids (mlm_vocabulary=text needs every text token in it)")
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         loss = per_sample_mean(ce, sample_idx, bsz)
         accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean()

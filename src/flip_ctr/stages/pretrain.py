@@ -7,6 +7,9 @@ ablations of Table VII; a switched-off term is neither computed nor logged.
 
 When both ``w`` and ``ŵ`` are needed the PLM runs once on the stacked [text; masked text]
 batch: the same FLOPs as two calls, but one kernel launch sequence and better GPU utilisation.
+With a frozen PLM and ``text_encoding="per_field"`` (a deviation, for CPU budgets) no PLM runs
+per step at all: ``w`` and ``ŵ`` are assembled from each field sentence's states, encoded once
+(:mod:`flip_ctr.models.field_text_states`).
 
 At the end of fitting, the aligned ID model and PLM are saved separately
 (:mod:`flip_ctr.stages.checkpoints`) so that each finetuning strategy loads only what it needs.
@@ -25,6 +28,7 @@ from torch import nn
 from flip_ctr.data import masking
 from flip_ctr.models.alignment import (
     ICL_PROJECTIONS,
+    MLM_VOCABULARIES,
     MTM_INPUTS,
     NCE_LOSSES,
     NOISE_SCOPES,
@@ -33,6 +37,7 @@ from flip_ctr.models.alignment import (
     MTMHead,
     check_choice,
 )
+from flip_ctr.models.field_text_states import TEXT_ENCODINGS, FieldTextStates, per_field_encoding_problem
 from flip_ctr.stages.checkpoints import HEADS_FILE, save_aligned, save_heads
 
 log = logging.getLogger(__name__)
@@ -61,12 +66,14 @@ class AlignmentConfig:
     remove_accidental_hits: bool | None = None  # None: on for noise_scope=field, off for global
     nce: str = "corrected"  # or "negative_sampling": plain logsigmoid of the raw scores
     mtm_input: str = "masked_and_attended"  # or "attended": the MTM predictor reads u alone
+    mlm_vocabulary: str = "full"  # or "text": the MLM softmax over the tokens the dataset's text contains
 
     def __post_init__(self) -> None:
         check_choice("icl_projection", self.icl_projection, ICL_PROJECTIONS)
         check_choice("noise_scope", self.noise_scope, NOISE_SCOPES)
         check_choice("nce", self.nce, NCE_LOSSES)
         check_choice("mtm_input", self.mtm_input, MTM_INPUTS)
+        check_choice("mlm_vocabulary", self.mlm_vocabulary, MLM_VOCABULARIES)
         check_choice("remove_accidental_hits", self.remove_accidental_hits, (None, True, False))
 
 
@@ -86,8 +93,11 @@ class AlignmentPretrainModule(L.LightningModule):
         save_dir: str | None = None,
         id_model_spec: dict | None = None,
         freeze_plm: bool = False,
+        text_encoding: str = "row",
+        text_pieces=None,
     ) -> None:
         super().__init__()
+        check_choice("text_encoding", text_encoding, TEXT_ENCODINGS)
         cfg = alignment if isinstance(alignment, AlignmentConfig) else AlignmentConfig(**(alignment or {}))
         if not (cfg.use_mlm or cfg.use_mtm or cfg.use_icl):
             raise ValueError("alignment pretraining with MLM, MTM and ICL all disabled: use ablation=no_pretrain instead")
@@ -107,11 +117,26 @@ class AlignmentPretrainModule(L.LightningModule):
         self.freeze_plm = freeze_plm
         if freeze_plm:
             plm.requires_grad_(False)
+        # per_field: the PLM's states of each field sentence alone, computed once (module docstring).
+        self.text_encoding = text_encoding
+        self.text_pieces = text_pieces
+        self._field_states: FieldTextStates | None = None
+        if text_encoding == "per_field":
+            problem = per_field_encoding_problem(freeze_plm, cfg.use_mlm, cfg.field_level_masking)
+            if problem or text_pieces is None:
+                raise ValueError(problem or "text_encoding=per_field needs the datamodule's text pieces (text_pieces=datamodule.text)")
         self.num_fields = id_model.num_fields
         d_tab, d_text = id_model.representation_dim, plm.hidden_size
         if cfg.use_mlm:
+            if cfg.mlm_vocabulary == "text" and text_pieces is None:
+                raise ValueError("ablation.mlm_vocabulary=text needs the datamodule's text pieces (text_pieces=datamodule.text)")
             self.mlm = MLMHead(
-                text_dim=d_text, id_dim=d_tab, vocab_size=plm.vocab_size, hidden_dim=cfg.head_hidden_dim, joint=cfg.joint_reconstruction
+                text_dim=d_text,
+                id_dim=d_tab,
+                vocab_size=plm.vocab_size,
+                hidden_dim=cfg.head_hidden_dim,
+                joint=cfg.joint_reconstruction,
+                output_token_ids=text_pieces.token_ids() if cfg.mlm_vocabulary == "text" else None,
             )
         if cfg.use_mtm:
             self.mtm = MTMHead(
@@ -131,7 +156,7 @@ class AlignmentPretrainModule(L.LightningModule):
             self.icl = ICLHead(
                 text_dim=d_text, id_dim=d_tab, proj_dim=cfg.icl_dim, temperature=cfg.temperature, projection=cfg.icl_projection
             )
-        self.save_hyperparameters(ignore=["id_model", "plm", "feature_frequencies"])
+        self.save_hyperparameters(ignore=["id_model", "plm", "feature_frequencies", "text_pieces"])
 
     # -- masking -----------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -147,6 +172,7 @@ class AlignmentPretrainModule(L.LightningModule):
             if self.cfg.field_level_masking:
                 fields = masking.choose_masked_fields(B, self.num_fields, self.cfg.text_mask_ratio, generator)
                 text_mask = masking.field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], fields)
+                out["text_fields"] = fields
             else:
                 text_mask = masking.token_level_text_mask(
                     batch["attention_mask"], batch["token_field_ids"], self.cfg.text_mask_ratio, generator
@@ -160,10 +186,23 @@ class AlignmentPretrainModule(L.LightningModule):
         return out
 
     # -- the objective -------------------------------------------------------------------------
+    def field_states(self) -> FieldTextStates:
+        """The per-field states, built on first use on the PLM's current device."""
+        device = next(self.plm.parameters()).device
+        if self._field_states is None or self._field_states.cls_state.device != device:
+            self._field_states = FieldTextStates(self.text_pieces, self.plm)
+        return self._field_states
+
     def encode_text(self, batch: dict, masks: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(w, ŵ): the PLM runs once over whatever of [text; masked text] is needed."""
+        """(w, ŵ): the PLM runs once over whatever of [text; masked text] is needed (or, per
+        field, both are assembled from the precomputed sentence states)."""
         need_plain = self.cfg.use_icl or self.cfg.use_mtm
         need_masked = self.cfg.use_mlm
+        if self.text_encoding == "per_field":
+            states = self.field_states()
+            w = states.assemble(batch["text_value_ids"]) if need_plain else None
+            w_masked = states.assemble(batch["text_value_ids"], masks["text_fields"]) if need_masked else None
+            return w, w_masked
         inputs = ([batch["input_ids"]] if need_plain else []) + ([masks["masked_input_ids"]] if need_masked else [])
         attention = batch["attention_mask"].repeat(len(inputs), 1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_plm):
