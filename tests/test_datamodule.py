@@ -130,8 +130,12 @@ def test_original_and_atomic_formats_give_the_same_artifact(tmp_path, minilm_tok
 
 def test_batch_keys_shapes_dtypes(dm):
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"feature_ids", "labels", "row_ids", "input_ids", "attention_mask", "token_field_ids", "value_token_mask"}
+    assert set(batch) == {
+        "feature_ids", "labels", "row_ids", "input_ids", "attention_mask", "token_field_ids", "value_token_mask", "text_value_ids"
+    }
     b, f = batch["feature_ids"].shape
+    # the text side's local value ids: the same row's values, unseen ones kept (not OOV-mapped)
+    np.testing.assert_array_equal(batch["text_value_ids"].numpy(), np.asarray(dm.artifact.value_ids)[batch["row_ids"].numpy()])
     assert b == dm.batch_size and f == dm.num_fields == len(dm.space.schema.fields)
     assert batch["feature_ids"].dtype == torch.long and batch["row_ids"].dtype == torch.long
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (b,)
