@@ -32,20 +32,33 @@ def embedding_svd(embedding_weight: torch.Tensor) -> tuple[np.ndarray, np.ndarra
 
 
 @torch.no_grad()
-def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: int) -> np.ndarray:
-    """F×F similarities between masked-text (rows) and masked-tabular (columns) projections."""
+def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: int, text_states=None) -> np.ndarray:
+    """F×F similarities between masked-text (rows) and masked-tabular (columns) projections.
+
+    ``text_states``: a :class:`~flip_ctr.models.field_text_states.FieldTextStates` when the run
+    pretrained with ``text_encoding=per_field`` (the text side is then encoded as it was trained);
+    ``None`` runs the PLM on the masked row text."""
     from flip_ctr.data import masking
 
     num_fields = id_model.num_fields
     eye = torch.eye(num_fields, dtype=torch.bool)
-    token_field_ids = batch["token_field_ids"][row : row + 1].expand(num_fields, -1)
-    value_token_mask = batch["value_token_mask"][row : row + 1].expand(num_fields, -1)
-    text_mask = masking.field_level_text_mask(token_field_ids, value_token_mask, eye)
-    input_ids = masking.mask_text(batch["input_ids"][row : row + 1].expand(num_fields, -1), text_mask, mask_token_id)
     attention = batch["attention_mask"][row : row + 1].expand(num_fields, -1)
+    if text_states is not None:
+        states = text_states.assemble(batch["text_value_ids"][row : row + 1].expand(num_fields, -1), eye)
+    else:
+        token_field_ids = batch["token_field_ids"][row : row + 1].expand(num_fields, -1)
+        value_token_mask = batch["value_token_mask"][row : row + 1].expand(num_fields, -1)
+        text_mask = masking.field_level_text_mask(token_field_ids, value_token_mask, eye)
+        input_ids = masking.mask_text(batch["input_ids"][row : row + 1].expand(num_fields, -1), text_mask, mask_token_id)
+        states = plm(input_ids, attention)
     features = masking.mask_tabular(batch["feature_ids"][row : row + 1].expand(num_fields, -1), eye, id_model.mask_feature_id)
-    z_text, z_tab = icl.project(plm.sentence_embedding(plm(input_ids, attention), attention), id_model(features)[0])
+    z_text, z_tab = icl.project(plm.sentence_embedding(states, attention), id_model(features)[0])
     return (z_text @ z_tab.T).numpy()
+
+
+def diagonal_share(heatmap: np.ndarray) -> float:
+    """Share of fields f whose masked text is most similar to the table with the same field masked."""
+    return float(np.mean(np.diag(heatmap) >= heatmap.max(axis=1) - 1e-9))
 
 
 def icl_head_from(heads: dict, text_dim: int, id_dim: int):
@@ -94,8 +107,13 @@ def _plots(out: Path, coords: np.ndarray, heatmap: np.ndarray | None, field_name
         plt.close(fig)
 
 
-def analyze(run_dir: Path, row: int = 0) -> Path:
-    """Reads ``<run_dir>/pretrain/{config.yaml,aligned/}``, writes ``<run_dir>/analysis/``."""
+def analyze(run_dir: Path, row: int = 0, rows: int = 1) -> Path:
+    """Reads ``<run_dir>/pretrain/{config.yaml,aligned/}``, writes ``<run_dir>/analysis/``.
+
+    The heatmap CSV/plot is test row ``row``'s; ``alignment_summary.json`` holds the diagonal
+    share averaged over the first ``rows`` test rows (one row's share moves in steps of 1/F)."""
+    import json
+
     import hydra
     from omegaconf import OmegaConf
 
@@ -113,16 +131,27 @@ def analyze(run_dir: Path, row: int = 0) -> Path:
 
     heatmap = None
     heads = load_heads(aligned)
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=cfg.plm.name_or_path, eval_batch_size=max(row + 1, 8))
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=cfg.plm.name_or_path, eval_batch_size=max(row + 1, rows, 8))
     datamodule.setup()
     if "icl" in heads["heads"]:
         plm = load_aligned_plm(aligned).eval()
-        icl = icl_head_from(heads, text_dim=plm.hidden_size, id_dim=id_model.representation_dim)
+        text_states = None
+        stage = OmegaConf.select(cfg, "stages.pretrain") or OmegaConf.select(cfg, "stage") or {}
+        if stage.get("text_encoding", "row") == "per_field":
+            from flip_ctr.models.field_text_states import FieldTextStates
+
+            text_states = FieldTextStates(datamodule.text, plm)
+        icl = icl_head_from(heads, text_dim=plm.hidden_size, id_dim=id_model.representation_dim).eval()
         batch = next(iter(datamodule.test_dataloader()))
-        heatmap = alignment_heatmap(id_model, plm, icl.eval(), batch, row, plm.mask_token_id)
+        heatmap = alignment_heatmap(id_model, plm, icl, batch, row, plm.mask_token_id, text_states)
         _write_csv(out / "alignment_heatmap.csv", heatmap, datamodule.space.schema.field_names)
-        diagonal = float(np.mean(np.diag(heatmap) >= heatmap.max(axis=1) - 1e-9))
-        log.info("alignment heatmap: the diagonal is the row maximum for %.0f%% of the fields", 100 * diagonal)
+        count = min(rows, len(batch["feature_ids"]))
+        shares = [diagonal_share(alignment_heatmap(id_model, plm, icl, batch, r, plm.mask_token_id, text_states)) for r in range(count)]
+        summary = {"rows": count, "diagonal_share": float(np.mean(shares)), "diagonal_share_row": diagonal_share(heatmap), "row": row,
+                   "num_fields": len(heatmap), "text_encoding": "per_field" if text_states is not None else "row"}
+        (out / "alignment_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("alignment heatmap: the diagonal is the row maximum for %.0f%% of the fields (mean over %d test rows)",
+                 100 * summary["diagonal_share"], count)
     else:
         log.info("no ICL head in this pretraining run (ablation without ICL): heatmap skipped")
     _plots(out, coords, heatmap, datamodule.space.schema.field_names)
@@ -133,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flip-ctr analyze", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a `flip-ctr pipeline` run directory (with pretrain/)")
     parser.add_argument("--row", type=int, default=0, help="test-set row used for the alignment heatmap")
+    parser.add_argument("--rows", type=int, default=1000, help="test rows the diagonal share is averaged over")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(f"analysis written to {analyze(args.run_dir, args.row)}")
+    print(f"analysis written to {analyze(args.run_dir, args.row, args.rows)}")
