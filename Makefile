@@ -26,8 +26,15 @@ test: ## the default test suite (CPU, < 20 min)
 test-slow: ## real-data tests (ML-1M/ML-100K, real MiniLM)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-train: ## the main job: FLIP pipeline (pretrain → scratch / FLIP_ID / FLIP_PLM / FLIP) on ML-100K, CPU scale
-	$(VENV)/bin/flip-ctr pipeline $(ARGS)
+# The main job runs these seeds and compares them paired; its runs go to a new TRAIN_DIR each time.
+SEEDS ?= 1,2,3
+ifndef TRAIN_DIR
+TRAIN_DIR := outputs/make_train/$(shell date +%Y-%m-%d_%H-%M-%S)
+endif
+
+train: ## the main job: FLIP pipeline (pretrain → scratch / FLIP_ID / FLIP_PLM / FLIP) on ML-100K, CPU scale, 3 seeds, paired table
+	$(VENV)/bin/flip-ctr pipeline --multirun seed=$(SEEDS) hydra.sweep.dir=$(TRAIN_DIR) $(ARGS)
+	$(VENV)/bin/flip-ctr report $(TRAIN_DIR) --baseline "ID model from scratch" --out $(TRAIN_DIR)/report.md
 
 ids: ## the nine ID baselines on ML-1M and ML-100K, 5 seeds, protocol=refit → results/id_baselines_refit.md (resumable)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/id_baselines.sh outputs/id_baselines num_threads=1 $(ARGS)

@@ -272,3 +272,22 @@ def test_every_row_names_its_protocol_and_compares_only_within_it(tmp_path, caps
     refit_scratch = [0.803, 0.806, 0.809]
     refit_aucs = [0.809, 0.808, 0.807]
     assert refit_flip[6] == f"{100 * (statistics.mean(refit_aucs) - statistics.mean(refit_scratch)) / statistics.mean(refit_scratch):+.2f}%"
+
+
+def test_paired_difference_column_pairs_by_seed(tmp_path):
+    """ΔAUC is the mean ± std of same-seed differences: with these seeds, pairing by seed gives
+    +0.01, +0.01, -0.01 (mean +0.0033, std 0.0115); pairing by sorted value would give +0.01 each."""
+    scratch = {1: 0.79, 2: 0.69, 3: 0.76}
+    flip_id = {1: 0.80, 2: 0.70, 3: 0.75}
+    for seed in scratch:
+        write_pipeline_stage(tmp_path, f"s{seed}", "scratch", seed=seed, auc=scratch[seed])
+        write_pipeline_stage(tmp_path, f"s{seed}", "finetune_id", seed=seed, auc=flip_id[seed])
+    summary = report.summarize(report.collect([tmp_path]), baseline="scratch")
+    row = summary.filter(pl.col("model") == "FLIP_ID").row(0, named=True)
+    diffs = [flip_id[s] - scratch[s] for s in scratch]
+    assert row["auc_diff_mean"] == pytest.approx(statistics.mean(diffs))
+    assert row["auc_diff_std"] == pytest.approx(statistics.stdev(diffs))
+    assert row["baseline_seeds"] == 3
+    assert row["p_paired_t"] == pytest.approx(ttest_p([flip_id[s] for s in scratch], [scratch[s] for s in scratch]))
+    line = next(r for r in rows_of(report.to_markdown(summary)) if r[1] == "FLIP_ID")
+    assert line[7] == f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs):.4f} (3)"

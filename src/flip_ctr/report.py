@@ -203,11 +203,19 @@ class Group:
 
     def compare(self, base: "Group | None") -> dict:
         if base is None or base is self:
-            return {"auc_rel_impr_pct": None, "p_paired_t": None, "baseline_seeds": None}
+            return {"auc_rel_impr_pct": None, "p_paired_t": None, "baseline_seeds": None, "auc_diff_mean": None, "auc_diff_std": None}
         mine, theirs = self.stats()["auc_mean"], base.stats()["auc_mean"]
         seeds = sorted(set(self.auc) & set(base.auc), key=str)
         p = paired_t_test([self.auc[s] for s in seeds], [base.auc[s] for s in seeds])[1] if len(seeds) >= 2 else None
-        return {"auc_rel_impr_pct": 100.0 * (mine - theirs) / theirs, "p_paired_t": p, "baseline_seeds": len(seeds)}
+        # the paired differences themselves (same seed, this group minus the baseline)
+        diff_mean, diff_std = _mean_std([self.auc[s] - base.auc[s] for s in seeds]) if seeds else (None, None)
+        return {
+            "auc_rel_impr_pct": 100.0 * (mine - theirs) / theirs,
+            "p_paired_t": p,
+            "baseline_seeds": len(seeds),
+            "auc_diff_mean": diff_mean,
+            "auc_diff_std": diff_std,
+        }
 
 
 def _groups(frame: pl.DataFrame, keys: list[str]) -> dict[tuple, Group]:
@@ -264,22 +272,25 @@ def summarize(frame: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
     if baseline is None:
         return summary
     groups = _groups(frame, keys)
-    improvements, pvalues = [], []
+    columns: dict[str, list] = defaultdict(list)
     for r in summary.iter_rows(named=True):
         mine = groups[tuple(r[k] for k in keys)]
         # never compare across protocols: a test-selected number is not comparable to an honest one
         base = _find_baseline(groups, keys, mine.rows[0], baseline, ("protocol", "id_model"), required=("protocol",))
         cmp = mine.compare(base)
-        improvements.append(cmp["auc_rel_impr_pct"])
-        pvalues.append(cmp["p_paired_t"])
+        for key in ("auc_rel_impr_pct", "p_paired_t", "auc_diff_mean", "auc_diff_std"):
+            columns[key].append(cmp[key])
+        columns["baseline_seeds"].append(cmp["baseline_seeds"])
     return summary.with_columns(
-        pl.Series("auc_rel_impr_pct", improvements, dtype=pl.Float64), pl.Series("p_paired_t", pvalues, dtype=pl.Float64)
+        *(pl.Series(key, columns[key], dtype=pl.Float64) for key in ("auc_rel_impr_pct", "p_paired_t", "auc_diff_mean", "auc_diff_std")),
+        pl.Series("baseline_seeds", columns["baseline_seeds"], dtype=pl.Int64),
     )
 
 
 def to_markdown(summary: pl.DataFrame) -> str:
     has_test = "p_paired_t" in summary.columns
-    header = "| dataset | model | ablation | seeds | AUC | Logloss |" + (" AUC rel. impr. | paired t-test p |" if has_test else "")
+    header = "| dataset | model | ablation | seeds | AUC | Logloss |"
+    header += " AUC rel. impr. | paired ΔAUC (mean ± std, seeds) | paired t-test p |" if has_test else ""
     header += " ID recipe | protocol |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in summary.iter_rows(named=True):
@@ -289,8 +300,9 @@ def to_markdown(summary: pl.DataFrame) -> str:
         )
         if has_test:
             impr = "-" if r["auc_rel_impr_pct"] is None else f"{r['auc_rel_impr_pct']:+.2f}%"
+            diff = "-" if r["auc_diff_mean"] is None else f"{r['auc_diff_mean']:+.4f} ± {r['auc_diff_std']:.4f} ({r['baseline_seeds']})"
             p = "-" if r["p_paired_t"] is None or math.isnan(r["p_paired_t"]) else f"{r['p_paired_t']:.3g}"
-            line += f" {impr} | {p} |"
+            line += f" {impr} | {diff} | {p} |"
         lines.append(line + f" {r['recipe']} | {r['protocol']} |")
     return "\n".join(lines)
 
