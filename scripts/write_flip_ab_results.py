@@ -44,6 +44,22 @@ def pretrain_curve_end(run: Path, last: int = 5) -> dict:
     return out
 
 
+def curve_rows(root: Path) -> list[dict]:
+    """Every logged pretraining step of every run: ICL loss, MLM and MTM accuracy."""
+    out = []
+    for run in sorted(p for p in root.iterdir() if (p / "pretrain" / "csv" / "metrics.csv").is_file()):
+        match = RUN.match(run.name)
+        if not match:
+            continue
+        with open(run / "pretrain" / "csv" / "metrics.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r.get("pretrain/loss"):
+                    out.append({"dataset": match["dataset"], "variant": match["variant"], "seed": int(match["seed"]),
+                                "step": int(r["step"]), "loss": r["pretrain/loss"], "icl": r.get("pretrain/icl"),
+                                "mlm_acc": r.get("pretrain/mlm_acc"), "mtm_acc": r.get("pretrain/mtm_acc")})
+    return out
+
+
 def run_rows(root: Path) -> list[dict]:
     rows = []
     for run in sorted(p for p in root.iterdir() if p.is_dir() and (p / "summary.json").is_file()):
@@ -145,6 +161,7 @@ def main() -> None:
     parser.add_argument("roots", nargs="+", type=Path)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--md", type=Path)
+    parser.add_argument("--curves", type=Path, help="also write every run's pretraining curve here (CSV)")
     args = parser.parse_args()
     rows = [r for root in args.roots for r in run_rows(root)]
     if not rows:
@@ -155,6 +172,12 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    if args.curves:
+        curves = [r for root in args.roots for r in curve_rows(root)]
+        with open(args.curves, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(curves[0]))
+            writer.writeheader()
+            writer.writerows(curves)
     text = markdown(rows)
     if args.md:
         args.md.write_text(text)
