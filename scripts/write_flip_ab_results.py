@@ -88,6 +88,7 @@ def run_rows(root: Path) -> list[dict]:
                 row[key] = cfg["ablation"].get(key) if pretraining else None
             row["text_encoding"] = pretrain_cfg.get("text_encoding", "row") if pretraining else None
             row["pretrain_limit_train_batches"] = pretrain_cfg.get("limit_train_batches") if pretraining else None
+            row["pretrain_train_split"] = pretrain_cfg.get("train_split") if pretraining else None
             row.update(pretrain_curve_end(run) if pretraining else {})
             rows.append(row)
     return rows
