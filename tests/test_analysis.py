@@ -42,3 +42,31 @@ def test_alignment_heatmap_masks_one_field_per_row(loaded_table, minilm_tokenize
     # rows differ (a different text field is masked in each) and so do columns
     assert np.unique(heatmap.round(6), axis=0).shape[0] == space.num_fields
     assert np.unique(heatmap.round(6), axis=1).shape[1] == space.num_fields
+
+
+def test_per_field_heatmap_of_a_short_row_in_a_padded_batch_equals_the_row_alone(loaded_table, minilm_tokenizer):
+    """The per-field text states of one row end at its own length; the batch's attention mask
+    pads to the longest row (mean pooling reads it). The heatmap must not depend on what else is in the batch."""
+    from flip_ctr.models.field_text_states import FieldTextStates
+
+    torch.manual_seed(0)
+    parts = build_artifact(loaded_table, SplitConfig())
+    space = parts["space"]
+    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
+    local = torch.from_numpy(parts["value_ids"].astype("int64"))
+    lengths = pieces.assemble(local).attention_mask.sum(1)
+    short, long = int(lengths.argmin()), int(lengths.argmax())
+    assert lengths[short] < lengths[long]
+
+    def batch_of(rows):
+        text = pieces.assemble(local[rows])
+        return {"feature_ids": local[rows] + torch.tensor(space.field_offsets[:-1]), "attention_mask": text.attention_mask,
+                "text_value_ids": local[rows]}
+
+    plm = PLMEncoder.random_like("minilm_l6", pooling="mean", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
+    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
+    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8)
+    states = FieldTextStates(pieces, plm)
+    padded = alignment_heatmap(id_model, plm, icl, batch_of([long, short]), 1, plm.mask_token_id, states)
+    alone = alignment_heatmap(id_model, plm, icl, batch_of([short]), 0, plm.mask_token_id, states)
+    np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)

@@ -45,6 +45,8 @@ def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: 
     attention = batch["attention_mask"][row : row + 1].expand(num_fields, -1)
     if text_states is not None:
         states = text_states.assemble(batch["text_value_ids"][row : row + 1].expand(num_fields, -1), eye)
+        # one row's layout ends at its own length; the batch pads to its longest row
+        attention = attention[:, : states.shape[1]]
     else:
         token_field_ids = batch["token_field_ids"][row : row + 1].expand(num_fields, -1)
         value_token_mask = batch["value_token_mask"][row : row + 1].expand(num_fields, -1)
