@@ -81,6 +81,10 @@ def test_compose_every_option(config, row, tmp_path):
     # the pipeline's stages are packaged stage configs: swap the scratch slot
     stage_key = "stage" if config == "train" else "stage@stages.scratch"
     overrides = [f"{stage_key if g == 'stage' else g}={o}" for g, o in row.items()]
+    if config == "pipeline" and row.get("ablation") == "token_masking":
+        # the CPU scale's per-field text states cannot mask single tokens (refused with this hint:
+        # tests/test_field_text_states.py)
+        overrides.append("stages.pretrain.text_encoding=row")
     cfg = compose_cfg(config, overrides, tmp_path)
     for group, option in row.items():
         if group == "id_recipe":  # a global package: it names itself

@@ -149,3 +149,14 @@ def test_text_vocabulary_mlm_is_the_full_softmax_restricted_to_it():
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match="outside output_token_ids"):
         restricted.loss(states, v, text_mask, torch.full((3, 4), 3))
+
+
+def test_cpu_scale_token_masking_names_the_row_path_and_runs_with_it(tmp_path):
+    """The CPU scale pretrains per field; token-level masking (Table VII's ablation) is refused
+    with the switch that runs it, and validates with that switch."""
+    with pytest.raises(ConfigError, match=r"text_encoding=row"):
+        validate_config(compose_cfg("pipeline", ["ablation=token_masking"], tmp_path))
+    validate_config(compose_cfg("pipeline", ["ablation=token_masking", "stages.pretrain.text_encoding=row"], tmp_path))
+    ablations = compose_cfg("pipeline", ["experiment=ablations_ml100k_cpu", "ablation=token_masking"], tmp_path)
+    validate_config(ablations)
+    assert ablations.stages.pretrain.text_encoding == "row"

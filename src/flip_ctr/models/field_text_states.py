@@ -42,11 +42,12 @@ def per_field_encoding_problem(freeze_plm: bool, use_mlm: bool, field_level_mask
     are precomputed once, so the PLM must be frozen, and MLM must mask whole fields (a random
     token mask would need a PLM pass per step)."""
     if not freeze_plm:
-        return "stages.pretrain.text_encoding=per_field needs stages.pretrain.freeze_plm=true (the PLM states are computed once)"
+        return ("stages.pretrain.text_encoding=per_field needs stages.pretrain.freeze_plm=true (the PLM states are computed once); "
+                "a trained PLM needs stages.pretrain.text_encoding=row")
     if use_mlm and not field_level_masking:
         return (
             "stages.pretrain.text_encoding=per_field needs field-level text masking (ablation.field_level_masking=true) "
-            "or no MLM: a token-level mask would need a PLM pass per step"
+            "or no MLM: a token-level mask would need a PLM pass per step (stages.pretrain.text_encoding=row runs one)"
         )
     return None
 
