@@ -70,3 +70,25 @@ def test_per_field_heatmap_of_a_short_row_in_a_padded_batch_equals_the_row_alone
     padded = alignment_heatmap(id_model, plm, icl, batch_of([long, short]), 1, plm.mask_token_id, states)
     alone = alignment_heatmap(id_model, plm, icl, batch_of([short]), 0, plm.mask_token_id, states)
     np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_heatmap_is_the_dot_product_over_the_norms(loaded_table, minilm_tokenizer):
+    """Oracle: the dot-product heatmap divided by each side's projection length."""
+    torch.manual_seed(0)
+    parts = build_artifact(loaded_table, SplitConfig())
+    space = parts["space"]
+    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
+    local = torch.from_numpy(parts["value_ids"][:2].astype("int64"))
+    text = pieces.assemble(local)
+    batch = {"feature_ids": local + torch.tensor(space.field_offsets[:-1]), "input_ids": text.input_ids,
+             "attention_mask": text.attention_mask, "token_field_ids": text.token_field_ids, "value_token_mask": text.value_token_mask}
+    plm = PLMEncoder.random_like("minilm_l6", pooling="mean", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
+    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
+    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8, projection="layernorm").eval()
+    dot = alignment_heatmap(id_model, plm, icl, batch, 1, plm.mask_token_id)
+    cosine = alignment_heatmap(id_model, plm, icl, batch, 1, plm.mask_token_id, cosine=True)
+    # dot[i, j] = cos[i, j] * |t_i| * |c_j|: the ratio is rank one, ratio[i, j] = ratio[i, 0] * ratio[0, j] / ratio[0, 0]
+    ratio = dot / cosine
+    outer = ratio[:, :1] * ratio[:1, :] / ratio[0, 0]
+    np.testing.assert_allclose(ratio, outer, rtol=1e-4)
+    assert np.all(np.abs(cosine) <= 1 + 1e-6) and not np.allclose(cosine, dot)

@@ -32,8 +32,10 @@ def embedding_svd(embedding_weight: torch.Tensor) -> tuple[np.ndarray, np.ndarra
 
 
 @torch.no_grad()
-def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: int, text_states=None) -> np.ndarray:
-    """F×F similarities between masked-text (rows) and masked-tabular (columns) projections.
+def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: int, text_states=None, cosine: bool = False) -> np.ndarray:
+    """F×F similarities between masked-text (rows) and masked-tabular (columns) projections: the
+    ICL head's dot product, or with ``cosine`` the cosine (without the L2 head, a table whose
+    projection is longer scores higher against every text row, whatever field is masked).
 
     ``text_states``: a :class:`~flip_ctr.models.field_text_states.FieldTextStates` when the run
     pretrained with ``text_encoding=per_field`` (the text side is then encoded as it was trained);
@@ -55,6 +57,8 @@ def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: 
         states = plm(input_ids, attention)
     features = masking.mask_tabular(batch["feature_ids"][row : row + 1].expand(num_fields, -1), eye, id_model.mask_feature_id)
     z_text, z_tab = icl.project(plm.sentence_embedding(states, attention), id_model(features)[0])
+    if cosine:
+        z_text, z_tab = torch.nn.functional.normalize(z_text, dim=-1), torch.nn.functional.normalize(z_tab, dim=-1)
     return (z_text @ z_tab.T).numpy()
 
 
@@ -149,11 +153,15 @@ def analyze(run_dir: Path, row: int = 0, rows: int = 1) -> Path:
         _write_csv(out / "alignment_heatmap.csv", heatmap, datamodule.space.schema.field_names)
         count = min(rows, len(batch["feature_ids"]))
         shares = [diagonal_share(alignment_heatmap(id_model, plm, icl, batch, r, plm.mask_token_id, text_states)) for r in range(count)]
-        summary = {"rows": count, "diagonal_share": float(np.mean(shares)), "diagonal_share_row": diagonal_share(heatmap), "row": row,
-                   "num_fields": len(heatmap), "text_encoding": "per_field" if text_states is not None else "row"}
+        cosine_shares = [
+            diagonal_share(alignment_heatmap(id_model, plm, icl, batch, r, plm.mask_token_id, text_states, cosine=True)) for r in range(count)
+        ]
+        summary = {"rows": count, "diagonal_share": float(np.mean(shares)), "diagonal_share_cosine": float(np.mean(cosine_shares)),
+                   "diagonal_share_row": diagonal_share(heatmap), "row": row, "num_fields": len(heatmap),
+                   "chance": 1 / len(heatmap), "text_encoding": "per_field" if text_states is not None else "row"}
         (out / "alignment_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("alignment heatmap: the diagonal is the row maximum for %.0f%% of the fields (mean over %d test rows)",
-                 100 * summary["diagonal_share"], count)
+        log.info("alignment heatmap: the diagonal is the row maximum for %.0f%% of the fields (cosine: %.0f%%; chance %.0f%%; mean over %d test rows)",
+                 100 * summary["diagonal_share"], 100 * summary["diagonal_share_cosine"], 100 * summary["chance"], count)
     else:
         log.info("no ICL head in this pretraining run (ablation without ICL): heatmap skipped")
     _plots(out, coords, heatmap, datamodule.space.schema.field_names)
