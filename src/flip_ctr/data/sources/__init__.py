@@ -95,6 +95,8 @@ def data_source(
     if dataset == "table":
         given = {"path": path, "schema_yaml": schema, "data_dir": data_dir}
         kwargs.update({k: v for k, v in given.items() if v is not None})
+    elif dataset == "synthetic_goodreads" and data_dir not in (None, ""):
+        kwargs["data_dir"] = Path(str(data_dir)).expanduser()  # generated into: it need not exist yet
     else:
         kwargs["data_dir"] = dataset_dir(data_dir, data_subdir)
     return DataSource(dataset, kwargs, tuple(FILES[dataset](**kwargs)))
