@@ -28,12 +28,19 @@ SWITCHES = ("icl_projection", "noise_scope", "nce", "mtm_input", "mlm_vocabulary
 RUN = re.compile(r"^(?P<dataset>[a-z0-9]+)_(?P<variant>.+)_s(?P<seed>\d+)$")
 
 
-def pretrain_curve_end(run: Path, last: int = 5) -> dict:
+def pretrain_log(run: Path) -> list[dict] | None:
+    """The run's logged pretraining steps (rows of its CSV log with a loss); None without a log."""
     path = run / "pretrain" / "csv" / "metrics.csv"
     if not path.is_file():
-        return {}
+        return None
     with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("pretrain/loss")]
+        return [r for r in csv.DictReader(fh) if r.get("pretrain/loss")]
+
+
+def pretrain_curve_end(run: Path, last: int = 5) -> dict:
+    rows = pretrain_log(run)
+    if rows is None:
+        return {}
     out = {"pretrain_last_logged_step": int(rows[-1]["step"]) if rows else None}
     for key, name in (("pretrain/icl", "icl_end"), ("pretrain/mlm_acc", "mlm_acc_end"), ("pretrain/mtm_acc", "mtm_acc_end")):
         values = [float(r[key]) for r in rows[-last:] if r.get(key)]
@@ -47,16 +54,12 @@ def pretrain_curve_end(run: Path, last: int = 5) -> dict:
 def curve_rows(root: Path) -> list[dict]:
     """Every logged pretraining step of every run: ICL loss, MLM and MTM accuracy."""
     out = []
-    for run in sorted(p for p in root.iterdir() if (p / "pretrain" / "csv" / "metrics.csv").is_file()):
+    for run in sorted(p for p in root.iterdir() if p.is_dir()):
         match = RUN.match(run.name)
-        if not match:
-            continue
-        with open(run / "pretrain" / "csv" / "metrics.csv", newline="") as fh:
-            for r in csv.DictReader(fh):
-                if r.get("pretrain/loss"):
-                    out.append({"dataset": match["dataset"], "variant": match["variant"], "seed": int(match["seed"]),
-                                "step": int(r["step"]), "loss": r["pretrain/loss"], "icl": r.get("pretrain/icl"),
-                                "mlm_acc": r.get("pretrain/mlm_acc"), "mtm_acc": r.get("pretrain/mtm_acc")})
+        for r in (pretrain_log(run) or []) if match else []:
+            out.append({"dataset": match["dataset"], "variant": match["variant"], "seed": int(match["seed"]),
+                        "step": int(r["step"]), "loss": r["pretrain/loss"], "icl": r.get("pretrain/icl"),
+                        "mlm_acc": r.get("pretrain/mlm_acc"), "mtm_acc": r.get("pretrain/mtm_acc")})
     return out
 
 

@@ -9,6 +9,26 @@ from flip_ctr.models.id import build_id_model
 from flip_ctr.models.plm import PLMEncoder
 
 
+def tiny_alignment_setup(loaded_table, tokenizer, projection: str = "l2", pooling: str | None = "mean"):
+    """(space, pieces, value ids of every row, a tiny PLM (``pooling``; None: its config's), a DeepFM, an ICL head)."""
+    parts = build_artifact(loaded_table, SplitConfig())
+    space = parts["space"]
+    pieces = TextPieces(space.schema.field_names, space.values, tokenizer)
+    local = torch.from_numpy(parts["value_ids"].astype("int64"))
+    plm = PLMEncoder.random_like("minilm_l6", pooling=pooling, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
+    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
+    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8, projection=projection).eval()
+    return space, pieces, local, plm, id_model, icl
+
+
+def text_batch(space, pieces, local) -> dict:
+    """The datamodule's batch keys for the rows ``local`` (value ids)."""
+    text = pieces.assemble(local)
+    return {"feature_ids": local + torch.tensor(space.field_offsets[:-1]), "input_ids": text.input_ids,
+            "attention_mask": text.attention_mask, "token_field_ids": text.token_field_ids,
+            "value_token_mask": text.value_token_mask, "text_value_ids": local}
+
+
 def test_embedding_svd_spectrum_detects_a_collapsed_space():
     torch.manual_seed(0)
     spread = torch.randn(200, 16)
@@ -22,21 +42,8 @@ def test_embedding_svd_spectrum_detects_a_collapsed_space():
 
 def test_alignment_heatmap_masks_one_field_per_row(loaded_table, minilm_tokenizer):
     torch.manual_seed(0)
-    parts = build_artifact(loaded_table, SplitConfig())
-    space = parts["space"]
-    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
-    local = torch.from_numpy(parts["value_ids"][:2].astype("int64"))
-    text = pieces.assemble(local)
-    batch = {
-        "feature_ids": local + torch.tensor(space.field_offsets[:-1]),
-        "input_ids": text.input_ids,
-        "attention_mask": text.attention_mask,
-        "token_field_ids": text.token_field_ids,
-        "value_token_mask": text.value_token_mask,
-    }
-    plm = PLMEncoder.random_like("minilm_l6", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
-    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
-    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8)
+    space, pieces, local, plm, id_model, icl = tiny_alignment_setup(loaded_table, minilm_tokenizer, pooling=None)
+    batch = text_batch(space, pieces, local[:2])
     heatmap = alignment_heatmap(id_model, plm, icl, batch, 1, plm.mask_token_id)
     assert heatmap.shape == (space.num_fields, space.num_fields)
     # rows differ (a different text field is masked in each) and so do columns
@@ -50,41 +57,21 @@ def test_per_field_heatmap_of_a_short_row_in_a_padded_batch_equals_the_row_alone
     from flip_ctr.models.field_text_states import FieldTextStates
 
     torch.manual_seed(0)
-    parts = build_artifact(loaded_table, SplitConfig())
-    space = parts["space"]
-    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
-    local = torch.from_numpy(parts["value_ids"].astype("int64"))
+    space, pieces, local, plm, id_model, icl = tiny_alignment_setup(loaded_table, minilm_tokenizer)
     lengths = pieces.assemble(local).attention_mask.sum(1)
     short, long = int(lengths.argmin()), int(lengths.argmax())
     assert lengths[short] < lengths[long]
-
-    def batch_of(rows):
-        text = pieces.assemble(local[rows])
-        return {"feature_ids": local[rows] + torch.tensor(space.field_offsets[:-1]), "attention_mask": text.attention_mask,
-                "text_value_ids": local[rows]}
-
-    plm = PLMEncoder.random_like("minilm_l6", pooling="mean", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
-    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
-    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8)
     states = FieldTextStates(pieces, plm)
-    padded = alignment_heatmap(id_model, plm, icl, batch_of([long, short]), 1, plm.mask_token_id, states)
-    alone = alignment_heatmap(id_model, plm, icl, batch_of([short]), 0, plm.mask_token_id, states)
+    padded = alignment_heatmap(id_model, plm, icl, text_batch(space, pieces, local[[long, short]]), 1, plm.mask_token_id, states)
+    alone = alignment_heatmap(id_model, plm, icl, text_batch(space, pieces, local[[short]]), 0, plm.mask_token_id, states)
     np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_cosine_heatmap_is_the_dot_product_over_the_norms(loaded_table, minilm_tokenizer):
     """Oracle: the dot-product heatmap divided by each side's projection length."""
     torch.manual_seed(0)
-    parts = build_artifact(loaded_table, SplitConfig())
-    space = parts["space"]
-    pieces = TextPieces(space.schema.field_names, space.values, minilm_tokenizer)
-    local = torch.from_numpy(parts["value_ids"][:2].astype("int64"))
-    text = pieces.assemble(local)
-    batch = {"feature_ids": local + torch.tensor(space.field_offsets[:-1]), "input_ids": text.input_ids,
-             "attention_mask": text.attention_mask, "token_field_ids": text.token_field_ids, "value_token_mask": text.value_token_mask}
-    plm = PLMEncoder.random_like("minilm_l6", pooling="mean", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).eval()
-    id_model = build_id_model("deepfm", num_features=space.num_features, num_fields=space.num_fields).eval()
-    icl = ICLHead(text_dim=32, id_dim=id_model.representation_dim, proj_dim=8, projection="layernorm").eval()
+    space, pieces, local, plm, id_model, icl = tiny_alignment_setup(loaded_table, minilm_tokenizer, projection="layernorm")
+    batch = text_batch(space, pieces, local[:2])
     dot = alignment_heatmap(id_model, plm, icl, batch, 1, plm.mask_token_id)
     cosine = alignment_heatmap(id_model, plm, icl, batch, 1, plm.mask_token_id, cosine=True)
     # dot[i, j] = cos[i, j] * |t_i| * |c_j|: the ratio is rank one, ratio[i, j] = ratio[i, 0] * ratio[0, j] / ratio[0, 0]

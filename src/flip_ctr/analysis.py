@@ -32,10 +32,9 @@ def embedding_svd(embedding_weight: torch.Tensor) -> tuple[np.ndarray, np.ndarra
 
 
 @torch.no_grad()
-def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: int, text_states=None, cosine: bool = False) -> np.ndarray:
-    """F×F similarities between masked-text (rows) and masked-tabular (columns) projections: the
-    ICL head's dot product, or with ``cosine`` the cosine (without the L2 head, a table whose
-    projection is longer scores higher against every text row, whatever field is masked).
+def alignment_projections(id_model, plm, icl, batch: dict, row: int, mask_token_id: int, text_states=None):
+    """(z_text [F, d], z_tab [F, d]): the ICL projections of row ``row`` with each field f masked
+    in turn, on the text side (row f of z_text) and on the tabular side (row f of z_tab).
 
     ``text_states``: a :class:`~flip_ctr.models.field_text_states.FieldTextStates` when the run
     pretrained with ``text_encoding=per_field`` (the text side is then encoded as it was trained);
@@ -56,10 +55,21 @@ def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: 
         input_ids = masking.mask_text(batch["input_ids"][row : row + 1].expand(num_fields, -1), text_mask, mask_token_id)
         states = plm(input_ids, attention)
     features = masking.mask_tabular(batch["feature_ids"][row : row + 1].expand(num_fields, -1), eye, id_model.mask_feature_id)
-    z_text, z_tab = icl.project(plm.sentence_embedding(states, attention), id_model(features)[0])
+    return icl.project(plm.sentence_embedding(states, attention), id_model(features)[0])
+
+
+def similarity(z_text: torch.Tensor, z_tab: torch.Tensor, cosine: bool = False) -> np.ndarray:
+    """F×F similarities between masked-text (rows) and masked-tabular (columns) projections: the
+    ICL head's dot product, or with ``cosine`` the cosine (without the L2 head, a table whose
+    projection is longer scores higher against every text row, whatever field is masked)."""
     if cosine:
         z_text, z_tab = torch.nn.functional.normalize(z_text, dim=-1), torch.nn.functional.normalize(z_tab, dim=-1)
     return (z_text @ z_tab.T).numpy()
+
+
+def alignment_heatmap(id_model, plm, icl, batch: dict, row: int, mask_token_id: int, text_states=None, cosine: bool = False) -> np.ndarray:
+    """:func:`similarity` of row ``row``'s :func:`alignment_projections`."""
+    return similarity(*alignment_projections(id_model, plm, icl, batch, row, mask_token_id, text_states), cosine=cosine)
 
 
 def diagonal_share(heatmap: np.ndarray) -> float:
@@ -152,10 +162,11 @@ def analyze(run_dir: Path, row: int = 0, rows: int = 1) -> Path:
         heatmap = alignment_heatmap(id_model, plm, icl, batch, row, plm.mask_token_id, text_states)
         _write_csv(out / "alignment_heatmap.csv", heatmap, datamodule.space.schema.field_names)
         count = min(rows, len(batch["feature_ids"]))
-        shares = [diagonal_share(alignment_heatmap(id_model, plm, icl, batch, r, plm.mask_token_id, text_states)) for r in range(count)]
-        cosine_shares = [
-            diagonal_share(alignment_heatmap(id_model, plm, icl, batch, r, plm.mask_token_id, text_states, cosine=True)) for r in range(count)
-        ]
+        shares, cosine_shares = [], []
+        for r in range(count):  # one projection pass per row serves both similarities
+            projections = alignment_projections(id_model, plm, icl, batch, r, plm.mask_token_id, text_states)
+            shares.append(diagonal_share(similarity(*projections)))
+            cosine_shares.append(diagonal_share(similarity(*projections, cosine=True)))
         summary = {"rows": count, "diagonal_share": float(np.mean(shares)), "diagonal_share_cosine": float(np.mean(cosine_shares)),
                    "diagonal_share_row": diagonal_share(heatmap), "row": row, "num_fields": len(heatmap),
                    "chance": 1 / len(heatmap), "text_encoding": "per_field" if text_states is not None else "row"}
