@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from flip_ctr.data.preprocess import SplitConfig, build_artifact
@@ -87,3 +88,70 @@ def test_long_tokenization_reports_each_field(minilm_tokenizer, caplog, monkeypa
     assert [m.split(":")[0] for m in per_field] == [
         "tokenized field 1/3 'occupation'", "tokenized field 2/3 'movie title'", "tokenized field 3/3 'genre'"
     ]
+
+
+TRICKY_VALUES = [
+    "",  # empty: the piece is "<name> is ."
+    " ",
+    "unknown",
+    "Toy Story (1995)",
+    "Ærøskøbing · Zürich — naïve café",  # accents (WordPiece strips them), punctuation
+    "東京 ラーメン 北京",  # CJK: a token per character
+    "🙂 emoji 🚀",  # unknown to the vocabulary
+    "[CLS] [SEP] [PAD]",  # special-token text inside a value
+    "tab\there\nnewline",
+    " ".join(f"word{i}" for i in range(80)),  # far more than max_value_tokens tokens
+    "supercalifragilisticexpialidocious " * 6,
+]
+
+
+def _reference_field(tokenizer, index, name, values, max_value_tokens, pad_id):
+    """The former loop: one tokenizer call over the list, then a row at a time."""
+    from flip_ctr.data.text import fill_pieces_loop
+
+    lead = "" if index == 0 else " "
+    prefix = tokenizer(f"{lead}{name} is", add_special_tokens=False)["input_ids"]
+    suffix = tokenizer(".", add_special_tokens=False)["input_ids"]
+    ids = tokenizer([f" {v}" for v in values], add_special_tokens=False)["input_ids"]
+    tokens, value_lengths = fill_pieces_loop(ids, prefix, suffix, max_value_tokens, pad_id)
+    return tokens, value_lengths, len(prefix), sum(len(v) > max_value_tokens for v in ids)
+
+
+@pytest.mark.parametrize("max_value_tokens", [1, 5, 32])
+def test_array_built_pieces_equal_the_former_loop_on_tricky_values(minilm_tokenizer, max_value_tokens):
+    names = ["title", "author name", "empty field"]
+    values = [TRICKY_VALUES, list(reversed(TRICKY_VALUES)) + ["x"], [""]]
+    pieces = TextPieces(names, values, minilm_tokenizer, max_value_tokens=max_value_tokens)
+    long_values = 0
+    for f, (name, vals) in enumerate(zip(names, values)):
+        tokens, value_lengths, prefix_length, num_long = _reference_field(
+            minilm_tokenizer, f, name, vals, max_value_tokens, pieces.pad_id
+        )
+        got = pieces.fields[f]
+        assert got.tokens.dtype == torch.int64
+        assert got.tokens.numpy().tolist() == tokens.tolist()
+        assert got.value_lengths.tolist() == value_lengths.tolist()
+        assert got.lengths.tolist() == (value_lengths + (got.tokens.shape[1] - int(value_lengths.max()))).tolist()
+        assert got.prefix_length == prefix_length
+        long_values += num_long
+    assert pieces.num_long_values == long_values
+    assert long_values >= (2 if max_value_tokens == 32 else 4)  # truncation really exercised
+
+
+def test_chunked_and_plain_tokenizer_paths_give_the_same_ids(minilm_tokenizer):
+    from flip_ctr.data.text import tokenize_values
+
+    class Plain:  # a tokenizer without a fast backend: the ``tokenizer(list)`` path
+        is_fast = False
+
+        def __call__(self, *args, **kwargs):
+            return minilm_tokenizer(*args, **kwargs)
+
+    values = TRICKY_VALUES * 3
+    expected = minilm_tokenizer([f" {v}" for v in values], add_special_tokens=False)["input_ids"]
+    for tok, chunk_size in [(minilm_tokenizer, 4), (minilm_tokenizer, 10_000), (Plain(), 5)]:
+        flat, lengths = tokenize_values(values, tok, chunk_size=chunk_size)
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert flat.tolist() == [t for e in expected for t in e]
+    flat, lengths = tokenize_values([], minilm_tokenizer)
+    assert flat.shape == lengths.shape == (0,)

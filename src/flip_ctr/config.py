@@ -101,6 +101,7 @@ DATA_RULES: dict[str, Check] = {
     "max_length": integer(8),
     "max_value_tokens": integer(1),
     "num_workers": integer(0),
+    "num_rows": integer(1),  # data=synthetic_goodreads
     "train_split": one_of("fit", "train"),
 }
 ABLATION_RULES: dict[str, Check] = {

@@ -220,3 +220,10 @@ class CTRDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def synthetic_goodreads_datamodule(num_rows: int = 20_000, seed: int = 0, loader_kwargs: dict | None = None, **kwargs) -> CTRDataModule:
+    """``conf/data/synthetic_goodreads.yaml``: the GoodReads-shaped synthetic table of ``num_rows``
+    rows drawn from ``seed`` (:mod:`flip_ctr.data.sources.synthetic_goodreads`), through the
+    normal :class:`CTRDataModule` path. ``loader_kwargs`` may set other ``SyntheticSpec`` fields."""
+    return CTRDataModule(loader_kwargs={**(loader_kwargs or {}), "num_rows": int(num_rows), "seed": int(seed)}, **kwargs)

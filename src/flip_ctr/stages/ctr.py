@@ -1,7 +1,8 @@
 """Supervised CTR training and exact evaluation.
 
 ``CTRStage`` owns what every supervised stage shares: BCE training, AUC and Logloss over the
-*full* validation/test set (torchmetrics, exact AUROC, no threshold binning), and writing
+*full* validation/test set (exact, no threshold binning, streamed from per-score counts:
+:mod:`flip_ctr.stages.metrics`), and writing
 ``metrics.json`` and per-row ``predictions.parquet`` into the run directory. Subclasses only
 say how a batch becomes a logit (``forward``) and what the training loss is.
 
@@ -19,11 +20,10 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAUROC
 
 from flip_ctr.atomic import atomic_path, atomic_write_text
 from flip_ctr.models.id.regularization import l2_penalty
+from flip_ctr.stages.metrics import StreamedBinaryMetrics, streamed_auc
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,8 @@ def _unique_rows(rows: torch.Tensor, *values: torch.Tensor) -> tuple[torch.Tenso
 
 def exact_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """AUC (exact) and Logloss of click probabilities ``probs`` against 0/1 ``labels``."""
-    from torchmetrics.functional.classification import binary_auroc
-
+    auc = streamed_auc(probs, labels)
     probs = probs.double()
-    auc = binary_auroc(probs, labels.long())
     logloss = F.binary_cross_entropy(probs.clamp(1e-15, 1 - 1e-15), labels.double())
     return {"auc": float(auc), "logloss": float(logloss)}
 
@@ -51,9 +49,10 @@ class CTRStage(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        for split in ("val", "test"):
-            setattr(self, f"{split}_auc", BinaryAUROC())
-            setattr(self, f"{split}_logloss", MeanMetric())
+        # One streamed metric per split: exact AUC and Logloss in memory bounded by the distinct
+        # scores, synced across DDP ranks when computed (as the torchmetrics states were).
+        self.val_metrics = StreamedBinaryMetrics()
+        self.test_metrics = StreamedBinaryMetrics()
         self._test_rows: list[torch.Tensor] = []
         self._test_probs: list[torch.Tensor] = []
         self._test_labels: list[torch.Tensor] = []
@@ -65,17 +64,15 @@ class CTRStage(L.LightningModule):
     def _evaluate(self, batch: dict, split: str) -> torch.Tensor:
         logit = self(batch).float()
         labels = batch["labels"]
-        getattr(self, f"{split}_auc").update(torch.sigmoid(logit), labels.long())
-        getattr(self, f"{split}_logloss").update(F.binary_cross_entropy_with_logits(logit, labels.float(), reduction="none"))
+        getattr(self, f"{split}_metrics").update(logit, labels)
         return logit
 
     def _log_epoch(self, split: str) -> dict[str, float]:
-        auc = getattr(self, f"{split}_auc").compute()
-        logloss = getattr(self, f"{split}_logloss").compute()
-        self.log_dict({f"{split}/auc": auc, f"{split}/logloss": logloss}, prog_bar=True, sync_dist=False)
-        getattr(self, f"{split}_auc").reset()
-        getattr(self, f"{split}_logloss").reset()
-        return {"auc": float(auc), "logloss": float(logloss)}
+        metric = getattr(self, f"{split}_metrics")
+        values = metric.compute()
+        metric.reset()
+        self.log_dict({f"{split}/auc": values["auc"], f"{split}/logloss": values["logloss"]}, prog_bar=True, sync_dist=False)
+        return {"auc": float(values["auc"]), "logloss": float(values["logloss"])}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")

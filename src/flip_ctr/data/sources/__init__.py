@@ -17,6 +17,7 @@ from flip_ctr.data.schema import DataError, LoadedTable
 from flip_ctr.data.sources.bookcrossing import bookcrossing_files, load_bookcrossing
 from flip_ctr.data.sources.goodreads import goodreads_files, load_goodreads
 from flip_ctr.data.sources.movielens import load_ml1m, load_ml100k, ml1m_files, ml100k_files
+from flip_ctr.data.sources.synthetic_goodreads import load_synthetic_goodreads, synthetic_goodreads_files
 from flip_ctr.data.sources.table import load_table, table_files
 
 LOADERS: dict[str, Callable[..., LoadedTable]] = {
@@ -25,6 +26,7 @@ LOADERS: dict[str, Callable[..., LoadedTable]] = {
     "bookcrossing": load_bookcrossing,
     "goodreads": load_goodreads,
     "table": load_table,
+    "synthetic_goodreads": load_synthetic_goodreads,
 }
 FILES: dict[str, Callable[..., list[Path]]] = {
     "ml1m": ml1m_files,
@@ -32,6 +34,7 @@ FILES: dict[str, Callable[..., list[Path]]] = {
     "bookcrossing": bookcrossing_files,
     "goodreads": goodreads_files,
     "table": table_files,
+    "synthetic_goodreads": synthetic_goodreads_files,
 }
 
 
@@ -92,6 +95,8 @@ def data_source(
     if dataset == "table":
         given = {"path": path, "schema_yaml": schema, "data_dir": data_dir}
         kwargs.update({k: v for k, v in given.items() if v is not None})
+    elif dataset == "synthetic_goodreads" and data_dir not in (None, ""):
+        kwargs["data_dir"] = Path(str(data_dir)).expanduser()  # generated into: it need not exist yet
     else:
         kwargs["data_dir"] = dataset_dir(data_dir, data_subdir)
     return DataSource(dataset, kwargs, tuple(FILES[dataset](**kwargs)))
