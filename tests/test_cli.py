@@ -21,6 +21,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 import fixtures_data as fx
+from oracles import check_test_outputs
 from flip_ctr.config import ConfigError, validate_config
 from test_datamodule import make_dm, write_ml100k_fixture
 
@@ -177,8 +178,8 @@ def test_pipeline_end_to_end(tmp_path):
     assert rows == [STRATEGY_LABELS[s] for s in strategies] and len(set(rows)) == len(strategies) == 4
     expected = make_dm(data, tmp_path / "cache").artifact  # the cache the run wrote
     for strategy in strategies:
-        metrics = json.loads((run / strategy / "metrics.json").read_text())
-        assert 0.0 <= metrics["auc"] <= 1.0 and metrics["logloss"] > 0, strategy
+        # metrics.json = the oracles' AUC / logloss of the non-constant predictions.parquet
+        metrics = check_test_outputs(run / strategy, expected)
         assert metrics["num_test_rows"] == expected.num_test and metrics["dataset"] == "ml100k"
         # the ID model trained from scratch never touches a PLM: none is recorded for it
         assert metrics["plm"] == (None if strategy == "scratch" else "tiny_random"), strategy

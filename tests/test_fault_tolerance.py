@@ -211,6 +211,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(fixture, full_run, ki
     run = killed_run["run"]
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == killed_run["kill"] // EVERY * EVERY and saved["global_step"] % per_epoch != 0  # mid-epoch
+    # last.ckpt carries what a continuation needs: Adam's moments for every parameter, at the
+    # checkpoint's step count; the scheduler list (empty: the ctr stage has no lr schedule); the loop state
+    (optimizer,) = saved["optimizer_states"]
+    params = [i for group in optimizer["param_groups"] for i in group["params"]]
+    assert optimizer["state"] and set(optimizer["state"]) <= set(params)
+    assert all({"exp_avg", "exp_avg_sq", "step"} <= set(state) for state in optimizer["state"].values())
+    assert max(int(state["step"]) for state in optimizer["state"].values()) == saved["global_step"]
+    assert any(state["exp_avg_sq"].sum() > 0 for state in optimizer["state"].values())
+    assert saved["lr_schedulers"] == []
+    assert saved["epoch"] == 1 and saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
 
     resumed = train(fixture, run, f"callbacks.step_checkpoint.every_n_train_steps={EVERY}", "logger=csv",
                     f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")
@@ -224,6 +234,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(fixture, full_run, ki
     # The remainder of the interrupted epoch sees other batches than the uninterrupted run (the
     # train loader is not resumable mid-epoch), so the results agree within SGD noise, not exactly.
     assert abs(a["auc"] - b["auc"]) < 0.05 and abs(a["logloss"] - b["logloss"]) < 0.02, (a, b)
+    # Adam continued from the checkpoint's moments: its step count runs on from the saved one
+    # (an optimizer reset on resume would count only the steps after it)
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (optimizer,) = final["optimizer_states"]
+    assert final["global_step"] == 3 * per_epoch
+    assert max(int(state["step"]) for state in optimizer["state"].values()) == 3 * per_epoch
     _keeps_history(killed_run["history"], _csv_rows(run / "csv" / "metrics.csv"))
 
 

@@ -149,9 +149,44 @@ def test_mask_batch_both_modalities():
     batch = hand_batch()
     g = torch.Generator().manual_seed(0)
     out = mask_batch(batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES, generator=g)
-    assert torch.equal(out.text_mask, field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], out.text_masked_fields))
-    assert torch.equal(out.masked_input_ids, mask_text(batch["input_ids"], out.text_mask, MASK_TOKEN))
-    assert torch.equal(out.masked_feature_ids, mask_tabular(batch["feature_ids"], out.tab_masked_fields, NUM_FEATURES))
+    # expected values written out by hand from hand_batch(), not by the masking functions:
+    # the value-token positions of each field, per sample
+    value_positions = [{0: [3], 1: [7, 8], 2: [12]}, {0: [3, 4, 5], 1: [9], 2: [13, 14]}]
+    features = [[3, 12, 25], [7, 10, 29]]
+    text_fields, tab_fields = out.text_masked_fields.tolist(), out.tab_masked_fields.tolist()
+    for b in range(2):  # 30% of 3 fields rounds to 1 field per sample and modality
+        assert sum(text_fields[b]) == 1 and sum(tab_fields[b]) == 1
+    expected_mask = [[False] * 17 for _ in range(2)]
+    expected_ids = [list(range(1, 18)), list(range(18, 35))]
+    expected_features = [list(row) for row in features]
+    for b in range(2):
+        for f in range(3):
+            if text_fields[b][f]:
+                for j in value_positions[b][f]:
+                    expected_mask[b][j] = True
+                    expected_ids[b][j] = MASK_TOKEN
+            if tab_fields[b][f]:
+                expected_features[b][f] = NUM_FEATURES
+    assert out.text_mask.tolist() == expected_mask
+    assert out.masked_input_ids.tolist() == expected_ids
+    assert out.masked_feature_ids.tolist() == expected_features
+    assert batch["input_ids"].tolist() == [list(range(1, 18)), list(range(18, 35))]  # the input is not modified
+    assert batch["feature_ids"].tolist() == features
+    # ratio 1: every field of both modalities, a fully hand-written answer
+    full = mask_batch(batch, text_ratio=1.0, tab_ratio=1.0, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES, generator=g)
+    m = MASK_TOKEN
+    assert full.masked_input_ids.tolist() == [
+        [1, 2, 3, m, 5, 6, 7, m, m, 10, 11, 12, m, 14, 15, 16, 17],
+        [18, 19, 20, m, m, m, 24, 25, 26, m, 28, 29, 30, m, m, 33, 34],
+    ]
+    assert full.masked_feature_ids.tolist() == [[NUM_FEATURES] * 3] * 2
+    # the two modalities choose their fields independently: over seeds, they sometimes differ
+    differ = 0
+    for seed in range(20):
+        o = mask_batch(batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES,
+                       generator=torch.Generator().manual_seed(seed))
+        differ += not torch.equal(o.text_masked_fields, o.tab_masked_fields)
+    assert differ > 0
     tok = mask_batch(
         batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES, generator=g, token_level=True
     )

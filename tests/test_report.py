@@ -64,8 +64,11 @@ def ttest_p(a, b) -> float:
     return float(stats.ttest_rel(a, b).pvalue)
 
 
+# seeds 1, 2, 3. Paired by seed the differences are +0.008, +0.005, +0.008 (t = 7 on 2 degrees of
+# freedom, p = 1 - 7/sqrt(51) = 0.0198); paired by sorted value they would be +0.007 each (sd 0).
 SCRATCH = [0.800, 0.802, 0.801]
-FLIP_ID = [0.806, 0.809, 0.806]
+FLIP_ID = [0.808, 0.807, 0.809]
+P_BY_SEED = 1 - 7 / 51**0.5  # two-sided, Student t with 2 dof: CDF(t) = 1/2 + t / (2 sqrt(2 + t^2))
 
 
 @pytest.fixture
@@ -98,6 +101,10 @@ def test_baseline_by_strategy_label_relative_improvement_and_paired_test(pipelin
         impr = 100 * (statistics.mean(FLIP_ID) - statistics.mean(SCRATCH)) / statistics.mean(SCRATCH)
         assert summary["auc_rel_impr_pct"] == pytest.approx(impr)
         assert summary["p_paired_t"] == pytest.approx(ttest_p(FLIP_ID, SCRATCH))
+        assert summary["p_paired_t"] == pytest.approx(P_BY_SEED, rel=1e-6)  # by hand, not by scipy
+        assert summary["baseline_seeds"] == 3
+        assert summary["auc_diff_mean"] == pytest.approx(0.007)
+        assert summary["auc_diff_std"] == pytest.approx(statistics.stdev([0.008, 0.005, 0.008]))
 
 
 def test_overall_table_has_a_column_group_per_dataset(tmp_path):
@@ -112,7 +119,7 @@ def test_overall_table_has_a_column_group_per_dataset(tmp_path):
     rows = {r[0]: r for r in rows_of(markdown)}
     assert list(rows) == ["dcnv2", "FLIP_ID"]  # ID models first, then the FLIP variants
     p = ttest_p(FLIP_ID, SCRATCH)
-    assert p < 0.05
+    assert p == pytest.approx(P_BY_SEED, rel=1e-6) and p < 0.05
     flip = long.filter((pl.col("model") == "FLIP_ID") & (pl.col("dataset") == "bookcrossing")).row(0, named=True)
     base_mean = statistics.mean(SCRATCH) - 0.05
     assert flip["auc_rel_impr_pct"] == pytest.approx(100 * (statistics.mean(FLIP_ID) - 0.05 - base_mean) / base_mean)
@@ -276,9 +283,10 @@ def test_every_row_names_its_protocol_and_compares_only_within_it(tmp_path, caps
 
 def test_paired_difference_column_pairs_by_seed(tmp_path):
     """ΔAUC is the mean ± std of same-seed differences: with these seeds, pairing by seed gives
-    +0.01, +0.01, -0.01 (mean +0.0033, std 0.0115); pairing by sorted value would give +0.01 each."""
+    +0.01, +0.01, +0.05 (mean +0.0233, std 0.0231); pairing by sorted value would give +0.01, +0.04,
+    +0.02 (std 0.0153)."""
     scratch = {1: 0.79, 2: 0.69, 3: 0.76}
-    flip_id = {1: 0.80, 2: 0.70, 3: 0.75}
+    flip_id = {1: 0.80, 2: 0.70, 3: 0.81}
     for seed in scratch:
         write_pipeline_stage(tmp_path, f"s{seed}", "scratch", seed=seed, auc=scratch[seed])
         write_pipeline_stage(tmp_path, f"s{seed}", "finetune_id", seed=seed, auc=flip_id[seed])
@@ -289,5 +297,67 @@ def test_paired_difference_column_pairs_by_seed(tmp_path):
     assert row["auc_diff_std"] == pytest.approx(statistics.stdev(diffs))
     assert row["baseline_seeds"] == 3
     assert row["p_paired_t"] == pytest.approx(ttest_p([flip_id[s] for s in scratch], [scratch[s] for s in scratch]))
+    assert row["auc_diff_std"] == pytest.approx(0.02 * 3**0.5 / 1.5)  # by hand: deviations -.0133, -.0133, .0267
+    # t = 0.02333 / (0.02309 / sqrt 3) = 1.75; p by the 2-dof closed form: 1 - 1.75 / 2.25 = 2/9
+    assert row["p_paired_t"] == pytest.approx(2 / 9, rel=1e-6)
     line = next(r for r in rows_of(report.to_markdown(summary)) if r[1] == "FLIP_ID")
     assert line[7] == f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs):.4f} (3)"
+
+
+def test_partly_overlapping_seeds_pair_only_the_common_ones(tmp_path):
+    """FLIP_ID has seeds 1-4, the baseline 2-5: the test and ΔAUC use seeds 2, 3, 4 only (and say
+    so in baseline_seeds); the relative improvement compares the means of all runs of each."""
+    scratch = {2: 0.800, 3: 0.802, 4: 0.801, 5: 0.600}
+    flip_id = {1: 0.900, 2: 0.808, 3: 0.807, 4: 0.809}
+    for seed, auc in scratch.items():
+        write_pipeline_stage(tmp_path, f"s{seed}", "scratch", seed=seed, auc=auc)
+    for seed, auc in flip_id.items():
+        write_pipeline_stage(tmp_path, f"f{seed}", "finetune_id", seed=seed, auc=auc)
+    row = report.summarize(report.collect([tmp_path]), baseline="scratch").filter(pl.col("model") == "FLIP_ID").row(0, named=True)
+    assert row["baseline_seeds"] == 3
+    common = [2, 3, 4]  # differences +0.008, +0.005, +0.008: t = 7, as in the pipelines fixture
+    assert row["auc_diff_mean"] == pytest.approx(0.007)
+    assert row["auc_diff_std"] == pytest.approx(statistics.stdev([0.008, 0.005, 0.008]))
+    assert row["p_paired_t"] == pytest.approx(P_BY_SEED, rel=1e-6)
+    assert row["p_paired_t"] == pytest.approx(ttest_p([flip_id[s] for s in common], [scratch[s] for s in common]))
+    base = statistics.mean(scratch.values())
+    assert row["auc_rel_impr_pct"] == pytest.approx(100 * (statistics.mean(flip_id.values()) - base) / base)
+    # one common seed: no test, one difference
+    one = tmp_path / "one"
+    write_pipeline_stage(one, "s1", "scratch", seed=1, auc=0.70)
+    write_pipeline_stage(one, "s2", "scratch", seed=2, auc=0.72)
+    write_pipeline_stage(one, "f2", "finetune_id", seed=2, auc=0.75)
+    write_pipeline_stage(one, "f3", "finetune_id", seed=3, auc=0.76)
+    row = report.summarize(report.collect([one]), baseline="scratch").filter(pl.col("model") == "FLIP_ID").row(0, named=True)
+    assert row["baseline_seeds"] == 1 and row["p_paired_t"] is None
+    assert row["auc_diff_mean"] == pytest.approx(0.03)
+
+
+def test_paired_t_test_constant_differences():
+    """sd == 0: every difference equal. Exactly representable values, so the differences are
+    exactly equal: a positive one is t = +inf, p = 0; a negative one t = -inf, p = 0; none, nan."""
+    base = [0.5, 0.75, 0.625]
+    assert report.paired_t_test([b + 0.125 for b in base], base) == (float("inf"), 0.0)
+    assert report.paired_t_test([b - 0.125 for b in base], base) == (float("-inf"), 0.0)
+    t, p = report.paired_t_test(base, base)
+    assert t != t and p != p  # nan, nan
+    t, p = report.paired_t_test([0.5], [0.25])  # one pair: no test
+    assert t != t and p != p
+    # and a case by hand, not by scipy: differences 1, 2, 3 → mean 2, sd 1, t = 2 sqrt 3, 2 dof
+    t, p = report.paired_t_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert t == pytest.approx(2 * 3**0.5)
+    assert p == pytest.approx(1 - t / (2 + t * t) ** 0.5, rel=1e-9)
+
+
+def test_constant_differences_in_the_table_are_significant(tmp_path):
+    """sd == 0 through summarize/build_table: p = 0 (significant at any alpha), ΔAUC std 0."""
+    base = {1: 0.5, 2: 0.75, 3: 0.625}
+    for seed, auc in base.items():
+        write_pipeline_stage(tmp_path, f"s{seed}", "scratch", seed=seed, auc=auc)
+        write_pipeline_stage(tmp_path, f"s{seed}", "finetune_id", seed=seed, auc=auc + 0.125)
+    frame = report.collect([tmp_path])
+    row = report.summarize(frame, baseline="scratch").filter(pl.col("model") == "FLIP_ID").row(0, named=True)
+    assert row["p_paired_t"] == 0.0 and row["auc_diff_mean"] == 0.125 and row["auc_diff_std"] == 0.0
+    _, markdown = report.build_table(frame, "overall", baseline="dcnv2", alpha=0.001)
+    rows = {r[0]: r for r in rows_of(markdown)}
+    assert rows["FLIP_ID"][1].endswith("*")

@@ -70,8 +70,24 @@ def trained(tmp_path_factory):
         capture_output=True, text=True, timeout=120, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    diverge_last_checkpoint(run / "checkpoints")
     artifact = make_dm(data, root / "cache").artifact
     return {"root": root, "run": run, "artifact": artifact}
+
+
+def diverge_last_checkpoint(folder: Path) -> None:
+    """last.ckpt rewritten with weights that differ from best.ckpt's (every model tensor shifted),
+    so that a test can tell which one export and predict serve: best.ckpt, what predictions.parquet
+    (trainer.test) was computed with. On this short run the two can hold the same weights."""
+    ckpt = torch.load(folder / "best.ckpt", weights_only=False)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in ckpt["state_dict"].items():
+        if key.startswith("model.") and value.is_floating_point() and "running_" not in key:  # BatchNorm stats stay valid
+            ckpt["state_dict"][key] = value + 0.5 * torch.randn(value.shape, generator=gen)
+    torch.save(ckpt, folder / "last.ckpt")
+    best = torch.load(folder / "best.ckpt", weights_only=True)["state_dict"]
+    last = torch.load(folder / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(best[k], last[k]) for k in best if k.startswith("model."))
 
 
 def raw_test_rows(trained):
@@ -86,8 +102,8 @@ def raw_test_rows(trained):
     return decoded, raw, np.arange(lo, hi)
 
 
-def lightning_probs(run: Path, feature_ids: np.ndarray) -> np.ndarray:
-    """The Lightning module restored from the run's best checkpoint, on given feature ids."""
+def lightning_probs(run: Path, feature_ids: np.ndarray, name: str = "best.ckpt") -> np.ndarray:
+    """The Lightning module restored from the run's checkpoint ``name``, on given feature ids."""
     from omegaconf import OmegaConf
 
     from flip_ctr.models.id import build_id_model
@@ -95,10 +111,10 @@ def lightning_probs(run: Path, feature_ids: np.ndarray) -> np.ndarray:
 
     cfg = OmegaConf.load(run / "config.yaml")
     spec = {k: v for k, v in OmegaConf.to_container(cfg.id_model).items() if k != "_target_"}
-    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(run / "checkpoints" / name, weights_only=True)
     num_features = ckpt["state_dict"]["model.embedding.weight"].shape[0] - 1  # + the <MASK> row
     model = build_id_model(**spec, num_features=num_features, num_fields=feature_ids.shape[1])
-    module = FinetuneIDModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", model=model).eval()
+    module = FinetuneIDModule.load_from_checkpoint(run / "checkpoints" / name, model=model).eval()
     with torch.no_grad():
         return torch.sigmoid(module({"feature_ids": torch.from_numpy(feature_ids)})).numpy()
 
@@ -163,6 +179,26 @@ def test_exported_vocabularies_match_the_feature_space(trained, model_dir, tmp_p
     via_run_dir = serving.predict(trained["run"], rows, tmp_path / "p.csv")["prob"].to_numpy()
     via_model_dir = serving.predict(model_dir, rows, tmp_path / "q.csv")["prob"].to_numpy()
     np.testing.assert_allclose(via_model_dir, via_run_dir, atol=1e-6, rtol=0)
+
+
+def test_export_serves_the_best_checkpoint_unless_told_otherwise(trained, model_dir, tmp_path):
+    """best.ckpt (what the test metrics were computed with) by default; --ckpt last serves last.ckpt.
+    The fixture's last.ckpt holds other weights, so serving the wrong one changes the predictions."""
+    decoded, raw, rows = raw_test_rows(trained)
+    ids = trained["artifact"].space.lookup(decoded)
+    reference = pl.read_parquet(trained["run"] / "predictions.parquet").sort("row_id")["prob"].to_numpy()
+    assert Path(json.loads((model_dir / "serving.json").read_text())["checkpoint"]).name == "best.ckpt"
+    served = serving.load_model_dir(model_dir)(ids)
+    np.testing.assert_allclose(served, reference, atol=1e-6, rtol=0)
+    # a run directory scored in memory serves best.ckpt too
+    via_run = serving.predict(trained["run"], _write(raw, tmp_path / "rows.csv"), tmp_path / "p.csv")["prob"].to_numpy()
+    np.testing.assert_allclose(via_run, reference, atol=1e-6, rtol=0)
+
+    last_dir = serving.export(trained["run"], tmp_path / "last", ckpt="last")
+    assert Path(json.loads((last_dir / "serving.json").read_text())["checkpoint"]).name == "last.ckpt"
+    last = serving.load_model_dir(last_dir)(ids)
+    np.testing.assert_allclose(last, lightning_probs(trained["run"], ids, "last.ckpt"), atol=1e-6, rtol=0)
+    assert np.abs(last - reference).max() > 1e-3  # the two checkpoints are told apart
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:

@@ -9,13 +9,14 @@ run writes error.txt too and exits non-zero.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from oracles import check_test_outputs
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,11 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(data, tmp_path):
     assert proc.returncode == 1, out[-3000:]
     assert f"some sweep jobs failed; see {sweep / 'failures.tsv'}" in out
     # the failing job ran first and the second still ran to the end
-    good = json.loads((sweep / "1" / "metrics.json").read_text())
-    assert 0 <= good["auc"] <= 1 and not (sweep / "1" / "error.txt").exists()
+    from test_datamodule import make_dm
+
+    # its metrics are the oracles' AUC / logloss of its own (non-constant) test predictions
+    check_test_outputs(sweep / "1", make_dm(data["data"], data["cache"]).artifact)
+    assert not (sweep / "1" / "error.txt").exists()
     error = (sweep / "0" / "error.txt").read_text()
     # the job's config is checked before it runs (flip_ctr.config): the value is named
     assert error.startswith("Traceback") and "ConfigError: stage.lr must be a number > 0, got -1" in error
