@@ -533,7 +533,7 @@ def test_table_bad_encoding_and_label(tmp_path):
 
 
 def test_registry():
-    assert set(LOADERS) == {"ml1m", "ml100k", "bookcrossing", "goodreads", "table"}
+    assert set(LOADERS) == {"ml1m", "ml100k", "bookcrossing", "goodreads", "table", "synthetic_goodreads"}
     with pytest.raises(DataError, match="unknown dataset 'ml10m'.*bookcrossing"):
         load_dataset("ml10m", ".")
 
