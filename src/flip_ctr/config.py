@@ -204,6 +204,21 @@ def check_protocol(cfg: DictConfig) -> None:
             f"protocol.select_on=test is the paper protocol's rule alone (protocol={protocol.get('name')}, "
             f"select_on={protocol.get('select_on')}): the test split may not choose anything under another protocol"
         )
+    _check_patience(cfg)
+
+
+def _check_patience(cfg: DictConfig) -> None:
+    """The protocol owns early stopping's patience (train.py sets it on the callback): a value given
+    to the callback itself would be overwritten without a word, so it is refused instead."""
+    stopping = OmegaConf.select(cfg, "callbacks.early_stopping", default=None)
+    patience = OmegaConf.select(cfg, "protocol.patience", default=None)
+    if stopping is None or patience is None or "patience" not in stopping:
+        return
+    if stopping.patience != patience:
+        raise ConfigError(
+            f"callbacks.early_stopping.patience={stopping.patience} differs from protocol.patience={patience}, which "
+            f"the protocol sets on the callback: set protocol.patience={stopping.patience} instead"
+        )
 
 
 def _stage_prefixes(cfg: DictConfig) -> list[str]:
@@ -220,7 +235,11 @@ def _check_text_encoding(cfg: DictConfig, prefix: str) -> None:
 
     ablation = cfg.get("ablation") or {}
     problem = per_field_encoding_problem(
-        bool(stage.get("freeze_plm", False)), bool(ablation.get("use_mlm", True)), bool(ablation.get("field_level_masking", True))
+        bool(stage.get("freeze_plm", False)),
+        bool(ablation.get("use_mlm", True)),
+        bool(ablation.get("field_level_masking", True)),
+        use_icl=bool(ablation.get("use_icl", True)),
+        pooling=OmegaConf.select(cfg, "plm.pooling", default=None),  # None: the checkpoint's, checked when built
     )
     if problem:
         raise ConfigError(problem.replace("stages.pretrain.", f"{prefix}."))
