@@ -4,7 +4,8 @@
 pretraining and FLIP_ID finetuning on the ML-100K fixture with the tiny random PLM. A thin
 wrapper around the CLI records, on every rank, what the ICL head saw at the first training step
 (its inputs, the all-gathered projections, the loss and the gradients after DDP's all-reduce).
-The test then checks, in this process and without torch.distributed:
+The ICL checks run twice: with the paper's whole-row text and with scale=cpu's per-field
+states. The test then checks, in this process and without torch.distributed:
 
 - ICL negatives come from both processes: each rank's gathered projections hold 2 x its local
   batch, its own rows at its offset and the other rank's rows elsewhere;
@@ -91,11 +92,10 @@ WRAPPER = textwrap.dedent(
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
+def _launch_ddp(tmp_path_factory, text_encoding: str) -> dict:
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed unavailable")
-    root = tmp_path_factory.mktemp("ddp")
+    root = tmp_path_factory.mktemp(f"ddp_{text_encoding}")
     data = write_ml100k_fixture(root / "data" / "ml-100k")
     probe = root / "probe"
     probe.mkdir()
@@ -115,9 +115,10 @@ def ddp_run(tmp_path_factory):
         "ablation.icl_dim=16",
         # one Linear per tower, no dropout: the probe's training-mode ICL loss can be recomputed exactly
         "ablation.icl_projection=l2",
-        # the whole-row text path this harness was written for. With scale=cpu's per-field states
-        # both ranks' ICL inputs came out identical (test_icl_negatives..., 2026-12-02): open, see issue 15's note
-        "stages.pretrain.text_encoding=row",
+        f"stages.pretrain.text_encoding={text_encoding}",
+        # per field, the [CLS] position is one fixed state for every row: cls pooling (tiny_random's)
+        # would give ICL the same text vector on every row and rank (refused; test_field_text_states)
+        "plm.pooling=mean",
         "ablation.mlm_vocabulary=full",
         "logger=csv",
         "num_threads=1",
@@ -135,14 +136,30 @@ def ddp_run(tmp_path_factory):
     return {"root": root, "data": data, "run": runs[0].parent, "probe": probe}
 
 
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The paper's whole-row text path."""
+    return _launch_ddp(tmp_path_factory, "row")
+
+
+@pytest.fixture(scope="module")
+def ddp_per_field_run(tmp_path_factory):
+    """scale=cpu's per-field text states (precomputed on each rank, assembled per batch)."""
+    return _launch_ddp(tmp_path_factory, "per_field")
+
+
+both_text_encodings = pytest.mark.parametrize("run_fixture", ["ddp_run", "ddp_per_field_run"])
+
+
 def _probes(ddp_run) -> list[dict]:
     probes = [torch.load(ddp_run["probe"] / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [p["rank"] for p in probes] == [0, 1] and all(p["world_size"] == 2 for p in probes)
     return probes
 
 
-def test_icl_negatives_are_gathered_from_both_processes(ddp_run):
-    probes = _probes(ddp_run)
+@both_text_encodings
+def test_icl_negatives_are_gathered_from_both_processes(run_fixture, request):
+    probes = _probes(request.getfixturevalue(run_fixture))
     sizes = [p["local"][0].shape[0] for p in probes]
     assert sizes == [PRETRAIN_BATCH, PRETRAIN_BATCH]
     for rank, p in enumerate(probes):
@@ -158,7 +175,9 @@ def test_icl_negatives_are_gathered_from_both_processes(ddp_run):
             assert not torch.equal(local, other_local)  # the two ranks saw different rows
 
 
-def test_icl_loss_and_gradients_equal_single_process_global_batch(ddp_run):
+@both_text_encodings
+def test_icl_loss_and_gradients_equal_single_process_global_batch(run_fixture, request):
+    ddp_run = request.getfixturevalue(run_fixture)
     probes = _probes(ddp_run)
     state = probes[0]["head"]
     for key, value in probes[1]["head"].items():  # DDP starts every rank from the same weights

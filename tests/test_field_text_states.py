@@ -22,6 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def frozen_plm():
     plm = tiny_plm(3)
+    plm.pooling = "mean"  # per field, cls pooling is refused with ICL (test_per_field_refuses_cls_pooling_for_icl)
     plm.requires_grad_(False)
     return plm.eval()
 
@@ -116,6 +117,23 @@ def test_per_field_refuses_what_it_cannot_precompute(dm, frozen_plm, settings, m
     cfg = compose_cfg("pipeline", overrides, tmp_path)
     with pytest.raises(ConfigError, match=f"stages.pretrain.text_encoding=per_field needs .*{message}"):
         validate_config(cfg)
+
+
+def test_per_field_refuses_cls_pooling_for_icl(dm, tmp_path):  # noqa: F811
+    """Per field, every row's [CLS] position holds the one state of ``[CLS] [SEP]`` encoded alone:
+    under cls pooling ICL would see the same text vector for every row (found under DDP, where
+    both ranks' ICL text inputs came out identical). Mean pooling reads the fields' states."""
+    plm = tiny_plm(3).requires_grad_(False).eval()
+    plm.pooling = "cls"
+    assert plm.pooling == "cls"
+    with pytest.raises(ValueError, match="plm.pooling=cls"):
+        pretrain_module(dm, {}, plm=plm, freeze_plm=True, text_encoding="per_field", text_pieces=dm.text)
+    pretrain_module(dm, {"use_icl": False}, plm=plm, freeze_plm=True, text_encoding="per_field", text_pieces=dm.text)
+    overrides = ["stages.pretrain.text_encoding=per_field", "stages.pretrain.freeze_plm=true", "plm.pooling=cls"]
+    with pytest.raises(ConfigError, match="plm.pooling=cls"):
+        validate_config(compose_cfg("pipeline", overrides, tmp_path))
+    validate_config(compose_cfg("pipeline", [*overrides, "ablation.use_icl=false"], tmp_path))
+    validate_config(compose_cfg("pipeline", [*overrides[:2], "plm.pooling=mean"], tmp_path))
 
 
 def test_text_vocabulary_is_every_token_of_the_pieces(dm, minilm_tokenizer):  # noqa: F811

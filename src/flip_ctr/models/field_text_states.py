@@ -37,10 +37,14 @@ __all__ = ["FieldTextStates", "TEXT_ENCODINGS", "per_field_encoding_problem"]
 TEXT_ENCODINGS = ("row", "per_field")
 
 
-def per_field_encoding_problem(freeze_plm: bool, use_mlm: bool, field_level_masking: bool) -> str | None:
+def per_field_encoding_problem(
+    freeze_plm: bool, use_mlm: bool, field_level_masking: bool, use_icl: bool = False, pooling: str | None = None
+) -> str | None:
     """Why ``text_encoding=per_field`` cannot run with these settings (None: it can). The states
     are precomputed once, so the PLM must be frozen, and MLM must mask whole fields (a random
-    token mask would need a PLM pass per step)."""
+    token mask would need a PLM pass per step). ICL reads the row's sentence embedding: under
+    ``cls`` pooling that is the [CLS] position, which per field is one fixed state for every row
+    (no row-level token exists), so ICL would align every row to the same text vector."""
     if not freeze_plm:
         return ("stages.pretrain.text_encoding=per_field needs stages.pretrain.freeze_plm=true (the PLM states are computed once); "
                 "a trained PLM needs stages.pretrain.text_encoding=row")
@@ -48,6 +52,12 @@ def per_field_encoding_problem(freeze_plm: bool, use_mlm: bool, field_level_mask
         return (
             "stages.pretrain.text_encoding=per_field needs field-level text masking (ablation.field_level_masking=true) "
             "or no MLM: a token-level mask would need a PLM pass per step (stages.pretrain.text_encoding=row runs one)"
+        )
+    if use_icl and pooling == "cls":
+        return (
+            "stages.pretrain.text_encoding=per_field with plm.pooling=cls: the row's [CLS] state is then the same "
+            "fixed vector for every row (each field sentence is encoded alone), so ICL would have no text signal; "
+            "use plm.pooling=mean, or stages.pretrain.text_encoding=row"
         )
     return None
 

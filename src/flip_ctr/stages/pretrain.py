@@ -122,7 +122,9 @@ class AlignmentPretrainModule(L.LightningModule):
         self.text_pieces = text_pieces
         self._field_states: FieldTextStates | None = None
         if text_encoding == "per_field":
-            problem = per_field_encoding_problem(freeze_plm, cfg.use_mlm, cfg.field_level_masking)
+            problem = per_field_encoding_problem(
+                freeze_plm, cfg.use_mlm, cfg.field_level_masking, use_icl=cfg.use_icl, pooling=getattr(plm, "pooling", "mean")
+            )
             if problem or text_pieces is None:
                 raise ValueError(problem or "text_encoding=per_field needs the datamodule's text pieces (text_pieces=datamodule.text)")
         self.num_fields = id_model.num_fields
