@@ -299,3 +299,28 @@ def test_fixture_raw_file_is_shuffled_in_time(data_dir, loaded):
     times = loaded.table.sort("row_in_source")["timestamp"].to_numpy()
     assert (np.diff(times) < 0).any()
     assert loaded.table["timestamp"].is_duplicated().any()
+
+
+def test_resumable_sampler_draws_what_randomsampler_draws_and_replays_a_saved_epoch():
+    """The training order (and so every recorded number) is RandomSampler's under the same global
+    seed; a resume point replays the rest of a saved epoch without touching the global generator."""
+    from torch.utils.data import RandomSampler
+
+    from flip_ctr.data.datamodule import ResumableRandomSampler
+
+    torch.manual_seed(0)
+    plain = [list(RandomSampler(range(500))) for _ in range(3)]
+    after_plain = torch.rand(1)
+    torch.manual_seed(0)
+    sampler = ResumableRandomSampler(range(500))
+    ours = []
+    for _ in range(3):
+        ours.append(list(sampler))
+        if len(ours) == 2:
+            second_seed = sampler.epoch_seed
+    assert ours == plain and torch.equal(torch.rand(1), after_plain)
+    state = torch.get_rng_state()
+    replay = ResumableRandomSampler(range(500), resume_point=(second_seed, 123))
+    assert list(replay) == plain[1][123:]
+    assert torch.equal(torch.get_rng_state(), state)  # no draw for the replayed epoch
+    assert list(replay) != plain[1][123:] and len(list(replay)) == 500  # later epochs draw afresh

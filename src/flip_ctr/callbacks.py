@@ -55,6 +55,66 @@ class SpeedMonitor(L.Callback):
         (Path(trainer.default_root_dir) / "speed.json").write_text(json.dumps(stats, indent=2))
 
 
+class RngState(L.Callback):
+    """Saves the global random generators (torch, CUDA, numpy, python) in every checkpoint and
+    puts them back when a run resumes, so that what the resumed run draws (the next epoch's order,
+    dropout) is what the uninterrupted run drew after the checkpoint.
+
+    When: at ``on_load_checkpoint``, before Lightning creates the training iterator, which at an
+    epoch boundary draws the next epoch's order exactly as the uninterrupted run did. Resumed in
+    the middle of an epoch, the iterator's creation draws once more than the uninterrupted run
+    did (its base seed; the order itself comes from the checkpoint, see
+    :class:`flip_ctr.data.datamodule.ResumableRandomSampler`), so then the generators are put back
+    a second time at ``on_train_start``, right before the first resumed batch."""
+
+    def __init__(self) -> None:
+        self._state: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        # tensors and plain Python values only: checkpoints stay loadable with weights_only=True
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_state"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        # only a resumed fit: trainer.test(ckpt_path="best") loads checkpoints too, and must leave
+        # the generators alone (the pipeline's next stage draws from them)
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._state = checkpoint.get("rng_state")
+        if self._state is not None:
+            self._restore(self._state)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        state, self._state = self._state, None
+        if state is not None and 0 < trainer.fit_loop.epoch_loop.batch_progress.current.processed < trainer.num_training_batches:
+            self._restore(state)
+
+    @staticmethod
+    def _restore(state: dict) -> None:
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        random.setstate(state["python"])
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the message says where and which checkpoint is the last good one."""
 

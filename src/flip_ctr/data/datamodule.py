@@ -13,6 +13,11 @@ Batch dict (every stage reads the keys it needs):
 
 Samples are row indices; the collate function gathers a whole batch with tensor indexing,
 so a batch costs a few vectorised ops rather than B Python ``__getitem__`` calls.
+
+Resuming mid-epoch: the training order is :class:`ResumableRandomSampler`'s, whose epoch seed is
+saved in the checkpoint (:meth:`CTRDataModule.state_dict`), so a run resumed from a step
+checkpoint trains the rest of the interrupted epoch on the same batches, in the same order, as
+the uninterrupted run (with :class:`flip_ctr.callbacks.RngState` for dropout: bit-exact).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from flip_ctr.data.preprocess import Artifact, SplitConfig, load_or_build
 from flip_ctr.data.text import TextPieces
@@ -45,6 +50,33 @@ class RowRange(Dataset):
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         return torch.as_tensor(indices, dtype=torch.long) + self.start
+
+
+class ResumableRandomSampler(RandomSampler):
+    """torch's RandomSampler, same draws, plus what a mid-epoch resume needs.
+
+    Each epoch's order is ``randperm(n)`` from a seed drawn from torch's global generator, exactly
+    as RandomSampler draws it (so the training order, and every number, equals the plain sampler's
+    under the same seed). The seed is kept (:attr:`epoch_seed`). ``resume_point=(seed, rows done)``
+    makes the first epoch replay a saved epoch from that row on, without drawing. A subclass of
+    RandomSampler so that Lightning still swaps it for a DistributedSampler under DDP.
+    """
+
+    def __init__(self, data_source, resume_point: tuple[int, int] | None = None) -> None:
+        super().__init__(data_source)
+        self.epoch_seed: int | None = None
+        self.resume_point = resume_point
+
+    def __iter__(self):
+        resume, self.resume_point = self.resume_point, None
+        if resume is not None:
+            seed, skip = resume
+        else:  # RandomSampler's own draw, so the global generator advances exactly as it would
+            seed, skip = int(torch.empty((), dtype=torch.int64).random_().item()), 0
+        self.epoch_seed = seed
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        yield from torch.randperm(len(self.data_source), generator=generator)[skip:].tolist()
 
 
 class BatchBuilder:
@@ -140,6 +172,38 @@ class CTRDataModule(L.LightningDataModule):
         self.val_split = "val"
         self.artifact: Artifact | None = None
         self.text: TextPieces | None = None
+        self._train_sampler: ResumableRandomSampler | None = None
+        self._saved_shuffle: dict | None = None  # from a checkpoint: the interrupted epoch's seed
+
+    # -- resuming (Lightning saves and restores these with the checkpoint) --------------------
+    def state_dict(self) -> dict:
+        seed = None if self._train_sampler is None else self._train_sampler.epoch_seed
+        return {"train_epoch_seed": seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._saved_shuffle = dict(state_dict)
+
+    def _resume_point(self, num_rows: int, batch_size: int) -> tuple[int, int] | None:
+        """(saved epoch seed, rows already trained) when Lightning restarts in the middle of an
+        epoch, else None. Called from ``train_dataloader`` inside Lightning's ``setup_data``: the
+        loop has its restored progress, in which the batch whose ``on_train_batch_end`` wrote the
+        checkpoint is ``processed`` but not yet ``completed`` (the epoch loop completes it in
+        ``reset``, later): ``processed`` is what was trained."""
+        from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+        from lightning.pytorch.trainer.states import RunningStage
+
+        saved = (self._saved_shuffle or {}).get("train_epoch_seed")
+        trainer = self.trainer
+        if saved is None or trainer is None or not trainer.fit_loop.restarting:
+            return None
+        loop = trainer.fit_loop.epoch_loop
+        done = loop.batch_progress.current.processed
+        per_epoch = _parse_num_batches(RunningStage.TRAINING, -(-num_rows // batch_size), trainer.limit_train_batches)
+        if not 0 < done < per_epoch:  # saved at an epoch boundary: the next epoch starts afresh
+            return None
+        self._saved_shuffle = None
+        log.info("resuming the interrupted epoch's order after %d batches", done)
+        return saved, done * batch_size
 
     # -- data preparation -------------------------------------------------------------
     def source(self):
@@ -199,10 +263,14 @@ class CTRDataModule(L.LightningDataModule):
         start, stop = self.artifact.split_ranges[split]
         if stop <= start:
             raise ValueError(f"{self.dataset}: the {split!r} split is empty (check val_fraction/test_fraction)")
+        rows = RowRange(start, stop)
+        sampler = None
+        if shuffle:
+            sampler = self._train_sampler = ResumableRandomSampler(rows, self._resume_point(len(rows), batch_size))
         return DataLoader(
-            RowRange(start, stop),
+            rows,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=BatchBuilder(self.artifact, self.text),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
