@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow train train-ml1m ids bench clean help
+.PHONY: install test test-slow train train-ml1m ids bench mutation clean help
 
 help:
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +39,10 @@ train: ## the main job: FLIP pipeline (pretrain → scratch / FLIP_ID / FLIP_PLM
 ids: ## the nine ID baselines on ML-1M and ML-100K, 5 seeds, protocol=refit → results/id_baselines_refit.md (resumable)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/id_baselines.sh outputs/id_baselines num_threads=1 $(ARGS)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/write_id_results.sh outputs/id_baselines
+
+mutation: ## mutation testing of the core modules (mutmut) → results/mutation.md; not in CI. TARGETS="masking report" for some
+	$(PY) -m pip install -q -e ".[mutation]"
+	$(PY) scripts/mutation.py $(TARGETS)
 
 bench: ## all benchmarks → results/benchmarks.md (+ results/benchmarks/*.json); ~50 min on 2 cores
 	$(PY) benchmarks/bench_data.py

@@ -191,3 +191,80 @@ def test_mask_batch_both_modalities():
         batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES, generator=g, token_level=True
     )
     assert tok.text_masked_fields is None and tok.text_mask.any()
+
+
+# -- written against mutation survivors (results/mutation.md): each test fails on at least one ------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: num_masked(3, 0.0), r"mask ratio must be in \(0, 1\], got 0.0"),
+        (lambda: choose_masked_fields(2, 0, 0.5), "num_fields must be positive, got 0"),
+        (lambda: field_level_text_mask(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 4, dtype=torch.bool),
+                                       torch.zeros(2, 3, dtype=torch.bool)),
+         r"token_field_ids \(2, 5\) and value_token_mask \(2, 4\) differ"),
+        (lambda: field_level_text_mask(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool),
+                                       torch.zeros(3, 3, dtype=torch.bool)),
+         "masked_fields and token_field_ids have different batch sizes"),
+        (lambda: token_level_text_mask(torch.ones(2, 5), torch.zeros(2, 4, dtype=torch.long), 0.5),
+         r"shape mismatch: attention_mask \(2, 5\) vs \(2, 4\)"),
+        (lambda: mask_tabular(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.bool), 9),
+         r"feature_ids \(2, 3\) and masked_fields \(2, 4\) differ"),
+    ],
+)
+def test_bad_shapes_and_values_are_named(call, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call()
+
+
+def test_nothing_to_mask_and_a_single_field():
+    assert num_masked(0, 0.5) == 0  # an empty set masks nothing (not the "at least one" rule)
+    one = choose_masked_fields(4, 1, 0.15, torch.Generator().manual_seed(0))
+    assert one.tolist() == [[True]] * 4  # one field: it is always the masked one
+
+
+def test_integer_masks_count_as_booleans():
+    """0/1 integer masks (e.g. read back from a file) select exactly what the bool masks select."""
+    batch = hand_batch()
+    fields = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    as_int = field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"].long(), fields)
+    assert torch.equal(as_int, field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], fields.bool()))
+    assert torch.equal(mask_text(batch["input_ids"], as_int.long(), MASK_TOKEN), mask_text(batch["input_ids"], as_int, MASK_TOKEN))
+    assert torch.equal(mask_tabular(batch["feature_ids"], fields, NUM_FEATURES), mask_tabular(batch["feature_ids"], fields.bool(), NUM_FEATURES))
+    special = batch["token_field_ids"] < 0
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(token_level_text_mask(batch["attention_mask"], special.long().bool(), 0.3, g()),
+                       token_level_text_mask(batch["attention_mask"], batch["token_field_ids"], 0.3, g()))
+
+
+def test_token_level_masks_one_token_when_the_ratio_rounds_to_zero():
+    batch = hand_batch()
+    mask = token_level_text_mask(batch["attention_mask"], batch["token_field_ids"], 0.01, torch.Generator().manual_seed(0))
+    assert mask.sum(dim=1).tolist() == [1, 1]  # floor(0.01 * n + 0.5) = 0 → at least one
+
+
+@pytest.mark.parametrize("token_level", [False, True])
+def test_mask_batch_follows_its_generator(token_level):
+    """The same seed gives the same masks on both modalities; another seed gives other masks."""
+    batch = hand_batch()
+
+    def run(seed):
+        out = mask_batch(batch, text_ratio=0.3, tab_ratio=0.3, mask_token_id=MASK_TOKEN, mask_feature_id=NUM_FEATURES,
+                         generator=torch.Generator().manual_seed(seed), token_level=token_level)
+        return out.text_mask, out.tab_masked_fields
+
+    first = run(5)
+    assert all(torch.equal(a, b) for a, b in zip(first, run(5)))
+    others = [run(s) for s in range(6, 26)]
+    assert any(not torch.equal(o[0], first[0]) for o in others) and any(not torch.equal(o[1], first[1]) for o in others)
+
+
+def test_masks_without_a_generator_use_torchs_global_generator():
+    torch.manual_seed(11)
+    fields = choose_masked_fields(6, 4, 0.5)
+    assert fields.sum(dim=1).tolist() == [2] * 6
+    batch = hand_batch()
+    torch.manual_seed(11)
+    assert torch.equal(choose_masked_fields(6, 4, 0.5), fields)  # reproducible through torch.manual_seed
+    assert token_level_text_mask(batch["attention_mask"], batch["token_field_ids"], 0.3).sum(dim=1).tolist() == [4, 5]
