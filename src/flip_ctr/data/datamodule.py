@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from flip_ctr.data.preprocess import Artifact, SplitConfig
-from flip_ctr.data.preprocess_large import ENGINES, load_artifact
+from flip_ctr.data.preprocess_large import check_engine, load_artifact
 from flip_ctr.data.text import TextPieces
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,7 @@ class CTRDataModule(L.LightningDataModule):
         if train_split not in ("fit", "train"):
             raise ValueError(f"train_split must be 'fit' (train minus validation) or 'train' (all), got {train_split!r}")
         self.train_split = train_split
-        if engine not in ENGINES:
-            raise ValueError(f"engine (data.engine) must be one of {', '.join(ENGINES)}, got {engine!r}")
+        check_engine(dataset, engine)
         self.engine = engine
         # What the validation loop reads: "val" (the slice before the test period), or "test"
         # under the paper protocol, whose model selection reproduces the authors' rule.

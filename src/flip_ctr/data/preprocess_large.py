@@ -64,7 +64,7 @@ from flip_ctr.data.sources.table_schema import check_columns, check_labels, fiel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "load_artifact", "parquet_files", "preprocess_large", "load_or_build_large"]  # parquet_files: re-exported
+__all__ = ["ENGINES", "check_engine", "load_artifact", "parquet_files", "preprocess_large", "load_or_build_large"]  # parquet_files: re-exported
 
 _STREAMING = "streaming"
 # data.engine: how the artifact of a data config is built (load_artifact)
@@ -277,6 +277,17 @@ def load_or_build_large(
     return read_artifact(entry.path, verify=False)
 
 
+def check_engine(dataset: str, engine: str) -> None:
+    """``data.engine`` is known and can build ``dataset`` (checked when the datamodule is made,
+    before any file is read)."""
+    from flip_ctr.data.sources import require_parquet_table
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine (data.engine) must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == _STREAMING:
+        require_parquet_table(dataset)
+
+
 def load_artifact(source, split: SplitConfig, cache_dir: str | Path, engine: str = "memory") -> Artifact:
     """The cached artifact of ``source`` (a :class:`flip_ctr.data.sources.DataSource`), built by
     ``engine`` (``data.engine``):
@@ -289,9 +300,8 @@ def load_artifact(source, split: SplitConfig, cache_dir: str | Path, engine: str
 
     Both build equal arrays (tests/test_synthetic.py) into separate cache entries.
     """
-    if engine == "memory":
-        return load_or_build(source, split, Path(cache_dir))
+    check_engine(source.dataset, engine)
     if engine == _STREAMING:
         table, schema_yaml = source.parquet_table()
         return load_or_build_large(table, schema_yaml, split, cache_dir, dataset=source.dataset)
-    raise ValueError(f"data.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return load_or_build(source, split, Path(cache_dir))

@@ -83,12 +83,17 @@ class DataSource:
 
     def parquet_table(self) -> tuple[Path, Path]:
         """(Parquet table, YAML schema) for the out-of-core build (``data.engine=streaming``)."""
-        if self.dataset not in PARQUET_TABLES:
-            raise DataError(
-                f"data.engine=streaming builds from a Parquet table + YAML schema; dataset {self.dataset!r} is read by its own "
-                f"loader (streaming datasets: {', '.join(sorted(PARQUET_TABLES))}): use data.engine=memory"
-            )
+        require_parquet_table(self.dataset)
         return PARQUET_TABLES[self.dataset](**self.kwargs)
+
+
+def require_parquet_table(dataset: str) -> None:
+    """Refuses ``data.engine=streaming`` for a dataset that is not one Parquet table + YAML schema."""
+    if dataset not in PARQUET_TABLES:
+        raise DataError(
+            f"data.engine=streaming builds from a Parquet table + YAML schema; dataset {dataset!r} is read by its own "
+            f"loader (streaming datasets: {', '.join(sorted(PARQUET_TABLES))}): use data.engine=memory"
+        )
 
 
 def data_source(
@@ -134,6 +139,7 @@ __all__ = [
     "data_source",
     "dataset_dir",
     "load_dataset",
+    "require_parquet_table",
     "load_ml1m",
     "load_ml100k",
     "load_bookcrossing",
