@@ -129,6 +129,17 @@ def test_two_persistent_workers_give_the_same_batches(folders, memory, minilm_to
     assert_same_batches(batches(memory, "val"), list(parallel.val_dataloader()))
 
 
+def test_a_parquet_table_trains_on_either_engine(folders, streaming, tmp_path):
+    table, schema = streaming.source().parquet_table()
+    own = {engine: CTRDataModule(dataset="table", path=str(table), schema=str(schema), cache_dir=str(tmp_path),
+                                 eval_batch_size=128, engine=engine) for engine in ("memory", "streaming")}
+    for dm in own.values():
+        dm.setup()
+    assert isinstance(own["streaming"].val_dataloader().collate_fn.value_ids, np.memmap)
+    np.testing.assert_array_equal(own["streaming"].artifact.value_ids, streaming.artifact.value_ids)
+    assert_same_batches(batches(own["memory"], "val"), batches(own["streaming"], "val"))
+
+
 def test_serving_reads_the_streaming_entry(folders, streaming, monkeypatch):
     from omegaconf import OmegaConf
 
