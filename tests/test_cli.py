@@ -264,6 +264,7 @@ BAD_VALUES = [
     ("protocol.select_on=test", "protocol.select_on=test is the paper protocol's rule alone (protocol=refit"),
     ("regularization.l2.embedding=-1e-5", "regularization.l2.embedding must be a number >= 0, got -1e-05"),
     ("id_model.cross_type=lowrank", "id_model.cross_type must be one of full, mix, got 'lowrank'"),
+    ("data.engine=disk", "data.engine must be one of memory, streaming, got 'disk'"),
     # train.py sets the protocol's patience on the callback: a value given there would be lost
     ("callbacks.early_stopping.patience=5", "callbacks.early_stopping.patience=5 differs from protocol.patience=2"),
 ]

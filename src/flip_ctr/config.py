@@ -103,6 +103,7 @@ DATA_RULES: dict[str, Check] = {
     "num_workers": integer(0),
     "num_rows": integer(1),  # data=synthetic_goodreads
     "train_split": one_of("fit", "train"),
+    "engine": one_of("memory", "streaming"),
 }
 ABLATION_RULES: dict[str, Check] = {
     "pretrain": boolean,

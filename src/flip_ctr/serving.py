@@ -202,7 +202,8 @@ def feature_space(data_cfg) -> FeatureSpace:
     """The run's vocabularies, from the preprocessed-data cache (rebuilt from the data if absent).
     The same source and cache as CTRDataModule, without importing Lightning (which pulls in
     transformers through torchmetrics)."""
-    from flip_ctr.data.preprocess import SplitConfig, load_or_build
+    from flip_ctr.data.preprocess import SplitConfig
+    from flip_ctr.data.preprocess_large import load_artifact
     from flip_ctr.data.sources import data_source
 
     source = data_source(
@@ -210,7 +211,7 @@ def feature_space(data_cfg) -> FeatureSpace:
         data_cfg.get("path"), data_cfg.get("schema"),
     )
     split = SplitConfig(test_fraction=data_cfg.get("test_fraction", 0.1), val_fraction=data_cfg.get("val_fraction", 0.1))
-    return load_or_build(source, split, Path(data_cfg.cache_dir)).space
+    return load_artifact(source, split, Path(data_cfg.cache_dir), data_cfg.get("engine", "memory")).space
 
 
 def find_checkpoint(run_dir: Path, ckpt: str | None = None) -> Path:

@@ -53,6 +53,7 @@ from flip_ctr.data.preprocess import (
     Artifact,
     SplitConfig,
     StaleCacheError,
+    load_or_build,
     read_artifact,
     value_dictionary,
     write_manifest,
@@ -63,9 +64,11 @@ from flip_ctr.data.sources.table_schema import check_columns, check_labels, fiel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parquet_files", "preprocess_large", "load_or_build_large"]  # parquet_files: re-exported
+__all__ = ["ENGINES", "check_engine", "load_artifact", "parquet_files", "preprocess_large", "load_or_build_large"]  # parquet_files: re-exported
 
 _STREAMING = "streaming"
+# data.engine: how the artifact of a data config is built (load_artifact)
+ENGINES = ("memory", "streaming")
 
 
 def _time_expr(column: str, dtype: pl.DataType, where: str) -> pl.Expr:
@@ -272,3 +275,33 @@ def load_or_build_large(
     preprocess_large(table_path, schema_yaml, entry.path, split, progress=progress, source=entry.source)
     cache.prune_superseded(entry)
     return read_artifact(entry.path, verify=False)
+
+
+def check_engine(dataset: str, engine: str) -> None:
+    """``data.engine`` is known and can build ``dataset`` (checked when the datamodule is made,
+    before any file is read)."""
+    from flip_ctr.data.sources import require_parquet_table
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine (data.engine) must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == _STREAMING:
+        require_parquet_table(dataset)
+
+
+def load_artifact(source, split: SplitConfig, cache_dir: str | Path, engine: str = "memory") -> Artifact:
+    """The cached artifact of ``source`` (a :class:`flip_ctr.data.sources.DataSource`), built by
+    ``engine`` (``data.engine``):
+
+    - ``memory``: :func:`~flip_ctr.data.preprocess.load_or_build`, the dataset's loader reads the
+      whole table into RAM (any dataset; fine up to ML-1M/BookCrossing sizes);
+    - ``streaming``: :func:`load_or_build_large` from the source's Parquet table + YAML schema
+      (:meth:`~flip_ctr.data.sources.DataSource.parquet_table`), never materialising the table:
+      the scale path (``data=synthetic_goodreads``, a large ``data=table``).
+
+    Both build equal arrays (tests/test_synthetic.py) into separate cache entries.
+    """
+    check_engine(source.dataset, engine)
+    if engine == _STREAMING:
+        table, schema_yaml = source.parquet_table()
+        return load_or_build_large(table, schema_yaml, split, cache_dir, dataset=source.dataset)
+    return load_or_build(source, split, Path(cache_dir))

@@ -2,7 +2,8 @@
 
 ``LOADERS`` maps a dataset name (the ``dataset:`` value of ``conf/data/*.yaml``) to its loader;
 ``FILES`` maps it to the function that lists the files that loader reads with the same
-arguments (what the preprocessing cache is keyed by). ``data_source(...)`` turns the values of
+arguments (what the preprocessing cache is keyed by); ``PARQUET_TABLES`` to the (Parquet table,
+YAML schema) the out-of-core build reads instead, for the datasets that have that form. ``data_source(...)`` turns the values of
 a data config into a :class:`DataSource`; ``load_dataset(name, data_dir, **kwargs)`` loads directly.
 """
 
@@ -17,8 +18,8 @@ from flip_ctr.data.schema import DataError, LoadedTable
 from flip_ctr.data.sources.bookcrossing import bookcrossing_files, load_bookcrossing
 from flip_ctr.data.sources.goodreads import goodreads_files, load_goodreads
 from flip_ctr.data.sources.movielens import load_ml1m, load_ml100k, ml1m_files, ml100k_files
-from flip_ctr.data.sources.synthetic_goodreads import load_synthetic_goodreads, synthetic_goodreads_files
-from flip_ctr.data.sources.table import load_table, table_files
+from flip_ctr.data.sources.synthetic_goodreads import load_synthetic_goodreads, synthetic_goodreads_files, synthetic_goodreads_table
+from flip_ctr.data.sources.table import load_table, parquet_table, table_files
 
 LOADERS: dict[str, Callable[..., LoadedTable]] = {
     "ml1m": load_ml1m,
@@ -35,6 +36,12 @@ FILES: dict[str, Callable[..., list[Path]]] = {
     "goodreads": goodreads_files,
     "table": table_files,
     "synthetic_goodreads": synthetic_goodreads_files,
+}
+# Datasets that are (or can be) one Parquet table + YAML schema: the out-of-core build
+# (data.engine=streaming, flip_ctr.data.preprocess_large) reads them. Same arguments as LOADERS.
+PARQUET_TABLES: dict[str, Callable[..., tuple[Path, Path]]] = {
+    "table": parquet_table,
+    "synthetic_goodreads": synthetic_goodreads_table,
 }
 
 
@@ -73,6 +80,20 @@ class DataSource:
         if unlisted:  # pragma: no cover - a loader and its FILES function disagree (a bug)
             raise RuntimeError(f"{self.dataset} loader read {sorted(map(str, unlisted))}, which FILES[{self.dataset!r}] does not list")
         return loaded
+
+    def parquet_table(self) -> tuple[Path, Path]:
+        """(Parquet table, YAML schema) for the out-of-core build (``data.engine=streaming``)."""
+        require_parquet_table(self.dataset)
+        return PARQUET_TABLES[self.dataset](**self.kwargs)
+
+
+def require_parquet_table(dataset: str) -> None:
+    """Refuses ``data.engine=streaming`` for a dataset that is not one Parquet table + YAML schema."""
+    if dataset not in PARQUET_TABLES:
+        raise DataError(
+            f"data.engine=streaming builds from a Parquet table + YAML schema; dataset {dataset!r} is read by its own "
+            f"loader (streaming datasets: {', '.join(sorted(PARQUET_TABLES))}): use data.engine=memory"
+        )
 
 
 def data_source(
@@ -113,10 +134,12 @@ def dataset_dir(data_dir: str | Path | None, data_subdir: str | None) -> Path:
 __all__ = [
     "LOADERS",
     "FILES",
+    "PARQUET_TABLES",
     "DataSource",
     "data_source",
     "dataset_dir",
     "load_dataset",
+    "require_parquet_table",
     "load_ml1m",
     "load_ml100k",
     "load_bookcrossing",

@@ -3,7 +3,10 @@
 ``data=synthetic_goodreads data.num_rows=N data.seed=S`` generates the table once, into
 ``data_dir/rows<N>_seed<S>[_<options digest>]/`` (``table.parquet``, ``schema.yaml``,
 ``spec.json``), and then reads it like any other table (:func:`~flip_ctr.data.sources.table.load_table`),
-so everything downstream (preprocessing cache, splits, stages) is the normal path. The table is
+so everything downstream (preprocessing cache, splits, stages) is the normal path. By default
+(``data.engine: streaming``) the artifact is built out of core from the Parquet file
+(:mod:`flip_ctr.data.preprocess_large`) and batches are read from its memory maps, since this
+dataset is the scale path; ``data.engine=memory`` loads it with ``load_table`` instead. The table is
 a deterministic function of ``(num_rows, seed, spec options)``: a second run, or another
 machine, regenerates the same bytes' worth of rows and hits the same cache entry.
 
@@ -74,6 +77,12 @@ def synthetic_goodreads_files(data_dir: str | Path, num_rows: int = 20_000, seed
 
     out = ensure_table(data_dir, num_rows, seed, **options)
     return table_files(out / "table.parquet", out / "schema.yaml")
+
+
+def synthetic_goodreads_table(data_dir: str | Path, num_rows: int = 20_000, seed: int = 0, **options) -> tuple[Path, Path]:
+    """(``table.parquet``, ``schema.yaml``) for the out-of-core build (``data.engine=streaming``)."""
+    out = ensure_table(data_dir, num_rows, seed, **options)
+    return out / "table.parquet", out / "schema.yaml"
 
 
 def load_synthetic_goodreads(data_dir: str | Path, num_rows: int = 20_000, seed: int = 0, **options) -> LoadedTable:

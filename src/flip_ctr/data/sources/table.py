@@ -368,6 +368,21 @@ def table_files(path: str | Path | None = None, schema_yaml: str | Path | None =
     return [*table_data_files(table), require_file(yaml_path, "table schema (YAML)")]
 
 
+def parquet_table(path: str | Path | None = None, schema_yaml: str | Path | None = None, *,
+                  data_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(the table, its schema YAML) for the out-of-core build (``data.engine=streaming``,
+    :mod:`flip_ctr.data.preprocess_large`), which scans Parquet only: a CSV/TSV table is refused
+    here, naming the file, rather than deep inside the build."""
+    table, yaml_path = table_paths(path, schema_yaml, data_dir)
+    for f in table_data_files(table):
+        if not {s.lower() for s in f.suffixes} & set(PARQUET_SUFFIXES):
+            raise DataError(
+                f"{f}: data.engine=streaming reads Parquet tables only, this one is {f.suffix!r} "
+                "(convert it to Parquet, or use data.engine=memory)"
+            )
+    return table, require_file(yaml_path, "table schema (YAML)")
+
+
 def _read_csv_table(path: Path, sep: str) -> pl.DataFrame:
     text = read_text(path, "utf-8")
     try:
@@ -498,6 +513,7 @@ __all__ = [
     "LINE_COLUMN",
     "load_table",
     "table_files",
+    "parquet_table",
     "table_paths",
     "parquet_files",
     "read_table_schema",
