@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
 EQUIVALENT = ROOT / "scripts" / "mutation_equivalent.tsv"
+NOTES = ROOT / "scripts" / "mutation_notes.md"  # hand-written: runs, history, what is not covered yet
 
 # target → (module under test, the tests that cover it)
 TARGETS = {
@@ -141,6 +142,8 @@ def write_report(results: list[dict]) -> None:
             f"| {r['target']} | `{r['module']}` | {', '.join(f'`{t}`' for t in r['tests'])} | {sum(c.values())} | "
             f"{c.get('killed', 0)} | {survived} | {equivalent} | {survived - equivalent} | {r['seconds'] or '-'} |"
         )
+    if NOTES.is_file():
+        lines += ["", NOTES.read_text().rstrip()]
     for r in results:
         lines += ["", f"## {r['target']}: survivors", ""]
         if not r["survivors"]:

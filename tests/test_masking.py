@@ -229,6 +229,7 @@ def test_integer_masks_count_as_booleans():
     batch = hand_batch()
     fields = torch.tensor([[1, 0, 1], [0, 1, 0]])
     as_int = field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"].long(), fields)
+    assert as_int.dtype == torch.bool  # torch.equal alone would accept a 0/1 long tensor
     assert torch.equal(as_int, field_level_text_mask(batch["token_field_ids"], batch["value_token_mask"], fields.bool()))
     assert torch.equal(mask_text(batch["input_ids"], as_int.long(), MASK_TOKEN), mask_text(batch["input_ids"], as_int, MASK_TOKEN))
     assert torch.equal(mask_tabular(batch["feature_ids"], fields, NUM_FEATURES), mask_tabular(batch["feature_ids"], fields.bool(), NUM_FEATURES))
