@@ -2,6 +2,12 @@
 """The alignment A/B (scripts/flip_ab.sh runs) → one CSV row per run and a Markdown table.
 
     python scripts/write_flip_ab_results.py ROOT [ROOT ...] --csv results/flip_cpu_ml1m_table.csv --md OUT.md
+    python scripts/write_flip_ab_results.py NEW_ROOT --csv results/flip_cpu_ml1m_table.csv --keep   # add runs
+
+``--keep``: the rows already in ``--csv`` that the roots do not hold again (same dataset, variant,
+strategy and seed) stay, so runs whose directories are gone keep their published numbers.
+Strategies other than FLIP_ID (``finetune_id``) and ``scratch`` are table rows of their own
+(``variant [strategy]``), and each is also compared with the same run's FLIP_ID.
 
 Per run (``<ROOT>/<dataset>_<variant>_s<seed>/``): the strategy's test AUC/Logloss and its
 validation AUC (refit: the selection fit's), the switch values read from the run's own config,
@@ -97,6 +103,35 @@ def run_rows(root: Path) -> list[dict]:
     return rows
 
 
+def label(row: dict) -> str:
+    """The table row a run belongs to: its variant, with the strategy named unless FLIP_ID/scratch."""
+    return row["variant"] if row["strategy"] in ("finetune_id", "scratch") else f"{row['variant']} [{row['strategy']}]"
+
+
+def kept_rows(path: Path, new: list[dict]) -> list[dict]:
+    """Rows of an existing CSV that ``new`` does not replace, with numbers parsed back."""
+    if not path.is_file():
+        return []
+    fresh = {(r["dataset"], r["variant"], r["strategy"], int(r["seed"])) for r in new}
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if (r["dataset"], r["variant"], r["strategy"], int(r["seed"])) in fresh:
+                continue
+            out.append({k: _parse(v) for k, v in r.items()})
+    return out
+
+
+def _parse(value: str):
+    if value == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+
+
 def paired(rows: list[dict], other: list[dict], key: str) -> tuple[float | None, float | None, int]:
     """Mean same-seed difference of ``key`` (rows − other) and its paired t-test p."""
     a = {r["seed"]: r[key] for r in rows if r.get(key) is not None}
@@ -129,20 +164,22 @@ def markdown(rows: list[dict]) -> str:
         mine = [r for r in rows if r["dataset"] == dataset]
         by = {}
         for r in mine:
-            by.setdefault(r["variant"], []).append(r)
+            by.setdefault(label(r), []).append(r)
         base = by.get("defaults") or by.get("defaults_quarter_epoch") or []
         scratch = by.get("scratch", [])
         lines += [
             f"### {dataset}",
             "",
             "| variant | seeds | val AUC | test AUC | Δval vs defaults (p) | Δval vs scratch (p) | Δtest vs scratch (p) "
-            "| ICL end | MLM acc | MTM acc | pretrain samples/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| Δtest vs its FLIP_ID (p) | ICL end | MLM acc | MTM acc | pretrain samples/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for variant, group in by.items():
             dv, pv, _ = paired(group, base, "val_auc") if group is not base and base else (None, None, 0)
             sv, ps, _ = paired(group, scratch, "val_auc") if group is not scratch else (None, None, 0)
             st, pt, _ = paired(group, scratch, "auc") if group is not scratch else (None, None, 0)
+            own_id = by.get(group[0]["variant"], []) if group[0]["strategy"] not in ("finetune_id", "scratch") else []
+            si, pi, _ = paired(group, own_id, "auc") if own_id else (None, None, 0)
 
             def cell(diff, p):
                 return "-" if diff is None else f"{diff:+.4f} ({fmt(p, 3)})"
@@ -153,7 +190,7 @@ def markdown(rows: list[dict]) -> str:
 
             lines.append(
                 f"| {variant} | {len(group)} | {mean_std([r['val_auc'] for r in group])} | {mean_std([r['auc'] for r in group])} "
-                f"| {cell(dv, pv)} | {cell(sv, ps)} | {cell(st, pt)} | {curve('icl_end')} | {curve('mlm_acc_end', 3)} "
+                f"| {cell(dv, pv)} | {cell(sv, ps)} | {cell(st, pt)} | {cell(si, pi)} | {curve('icl_end')} | {curve('mlm_acc_end', 3)} "
                 f"| {curve('mtm_acc_end', 3)} | {curve('pretrain_samples_per_s', 0)} |"
             )
         lines.append("")
@@ -166,10 +203,13 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--md", type=Path)
     parser.add_argument("--curves", type=Path, help="also write every run's pretraining curve here (CSV)")
+    parser.add_argument("--keep", action="store_true", help="keep the rows of --csv that the roots do not hold again")
     args = parser.parse_args()
     rows = [r for root in args.roots for r in run_rows(root)]
     if not rows:
         raise SystemExit(f"no finished runs under {', '.join(map(str, args.roots))}")
+    if args.keep:
+        rows = kept_rows(args.csv, rows) + rows
     columns = list(dict.fromkeys(k for r in rows for k in r))
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as fh:

@@ -139,6 +139,26 @@ def test_plm_gradient_checkpointing_flag():
     out.sum().backward()
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """Recomputing activations in backward changes memory, not the gradients (dropout off: eval)."""
+    torch.manual_seed(0)
+    plain = PLMEncoder.from_config(tiny_config())
+    checkpointed = PLMEncoder.from_config(tiny_config(), gradient_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    ids, att = torch.randint(5, VOCAB, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    att[0, 5:] = 0
+    grads = []
+    for enc in (plain, checkpointed):
+        enc.eval()  # no dropout, so both passes see the same function; checkpointing is active in eval too
+        enc.zero_grad()
+        with torch.enable_grad():
+            (enc(ids, att) ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_mask_token_id_unknown_raises():
     enc = PLMEncoder.from_config(tiny_config())
     with pytest.raises(AttributeError, match="mask_token_id"):
@@ -326,6 +346,27 @@ def test_nce_noise_global_scope_and_exclusions():
     empirical = torch.bincount(noise.flatten(), minlength=20).float() / noise.numel()
     assert torch.allclose(empirical, freqs / freqs.sum(), atol=0.01)
     assert len(set(noise.flatten().tolist()) & set(range(3, 20))) > 5, "global noise crosses fields"
+
+
+def test_noise_power_reshapes_the_noise_distribution():
+    """noise_power=0.75 (word2vec's smoothing): q(x) ∝ freq^0.75 within a field, by hand; the
+    corrected NCE's log q follows it; power 1 is the plain frequencies."""
+    freqs = skewed_freqs()
+    for power in (0.75, 1.0, 0.0):
+        head = mtm_head(noise_power=power)
+        for f in range(3):
+            start, end = OFFSETS[f], OFFSETS[f + 1]
+            w = torch.tensor([x ** power if x > 0 else 0.0 for x in freqs[start:end].tolist()])
+            expected = w / w.sum()
+            got = head.noise_weights[start:end] / head.noise_weights[start:end].sum()
+            assert torch.allclose(got, expected, atol=1e-6), (power, f, got, expected)
+            assert torch.allclose(head.noise_log_prob[start:end].exp()[expected > 0], expected[expected > 0], atol=1e-6)
+    # the draws follow it too
+    head = mtm_head(noise_power=0.75)
+    noise = head.sample_noise(torch.full((20000,), 1), num_noise=5, generator=torch.Generator().manual_seed(2))
+    w = freqs[3:10] ** 0.75
+    empirical = torch.bincount(noise.flatten() - 3, minlength=7).float() / noise.numel()
+    assert torch.allclose(empirical, w / w.sum(), atol=0.01)
 
 
 def test_mtm_rejects_bad_frequency_table():

@@ -117,3 +117,31 @@ def test_cache_list_and_clean(tmp_path, capsys):
     assert entries(cache_dir) == [kept.path.name] and not (cache_dir / ".ml100k-x.tmp").exists()
     assert cache.clean(cache_dir, everything=True) == [kept.path]
     assert entries(cache_dir) == []
+
+
+def test_loader_options_and_the_format_version_are_in_the_key(tmp_path, monkeypatch):
+    target = tmp_path / "ratings.dat"
+    target.write_bytes(b"1::1::5::1\n")
+    key = lambda options: cache.locate(tmp_path / "c", "toy", options, [target], {}).path  # noqa: E731
+    assert key({"threshold": 4}) == key({"threshold": 4})
+    assert key({"threshold": 4}) != key({"threshold": 3}) != key({})  # a loader option changes what is loaded
+    assert key({"a": 1, "b": 2}) == key({"b": 2, "a": 1})  # not the order they were given in
+    before = key({})
+    monkeypatch.setattr(cache, "CACHE_FORMAT_VERSION", cache.CACHE_FORMAT_VERSION + 1)
+    assert key({}) != before  # a new cache format never reads an old entry
+
+
+def test_an_entry_of_an_older_format_is_rebuilt(tmp_path, caplog):
+    import json
+
+    data = write_ml100k_fixture(tmp_path / "ml-100k")
+    first = artifact_of(data, tmp_path / "c")
+    manifest = first.path / "manifest.json"
+    stale = json.loads(manifest.read_text())
+    stale["format_version"] = cache.CACHE_FORMAT_VERSION - 1
+    manifest.write_text(json.dumps(stale))
+    with caplog.at_level(logging.WARNING, logger="flip_ctr.data.preprocess"):
+        again = artifact_of(data, tmp_path / "c")
+    assert "cache format" in caplog.text and "rebuilding" in caplog.text
+    assert json.loads((again.path / "manifest.json").read_text())["format_version"] == cache.CACHE_FORMAT_VERSION
+    assert (again.value_ids == first.value_ids).all()

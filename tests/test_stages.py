@@ -6,6 +6,7 @@ small DCNv2, on batches of the ML-100K fixture of test_datamodule.py."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -501,3 +502,37 @@ def test_plm_only_loss_is_bce_on_cls_head(dm, batch):
     assert torch.allclose(loss, expected, atol=1e-6)
     loss.backward()
     assert grads(module.plm) and grads(module.plm_head)
+
+
+def test_pretraining_optimizer_groups_and_cosine_schedule(dm):  # noqa: F811
+    """AdamW groups (paper §V-A4, our id_lr): the PLM at lr, the ID model and heads at id_lr; no
+    weight decay on biases and norms; linear warm-up then cosine decay to 0 over the run, by hand."""
+    from types import SimpleNamespace
+
+    module = pretrain_module(dm, {}, lr=5e-5, id_lr=1e-3, weight_decay=0.01, warmup_ratio=0.1)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    names = {id(p): n for n, p in module.named_parameters()}
+    seen = set()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            seen.add(name)
+            assert group["initial_lr"] == (5e-5 if name.startswith("plm.") else 1e-3), name  # "lr": after the schedule
+            decays = p.ndim >= 2 and "norm" not in name.lower()
+            assert group["weight_decay"] == (0.01 if decays else 0.0), name
+    assert seen == {n for n, p in module.named_parameters() if p.requires_grad}  # every trained parameter, once
+    assert any(n.startswith("plm.") for n in seen) and any(n.startswith("id_model.") for n in seen)
+    factors = []
+    for _ in range(100):
+        factors.append(optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["initial_lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [(s + 1) / 10 if s < 10 else 0.5 * (1 + math.cos(math.pi * (s - 10) / 90)) for s in range(100)]
+    assert factors == pytest.approx(expected, abs=1e-6)  # the schedule takes the cosine in float32
+    frozen = pretrain_module(dm, {}, freeze_plm=True)
+    frozen._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    frozen_params = [p for g in frozen.configure_optimizers()["optimizer"].param_groups for p in g["params"]]
+    assert not any(p is q for p in frozen_params for q in frozen.plm.parameters())  # a frozen PLM is not optimised

@@ -302,6 +302,7 @@ class MTMHead(nn.Module):
 
     def _noise_weights(self, freqs: torch.Tensor, noise_power: float, exclude_ids: Sequence[int]) -> torch.Tensor:
         weights = freqs.pow(noise_power) if noise_power != 1.0 else freqs.clone()
+        weights[freqs <= 0] = 0.0  # never seen in training: not noise at any power (0 ** 0 would be 1)
         excluded = torch.zeros(self.num_features, dtype=torch.bool)
         for i in exclude_ids:
             if 0 <= int(i) < self.num_features:
