@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 
@@ -261,7 +262,17 @@ def test_mlm_loss_only_depends_on_masked_positions():
     moved = states.clone()
     moved[2, 3] += 5.0
     assert not torch.allclose(head.loss(moved, v, mask, targets)[0], loss)
-    assert 0.0 <= float(acc) <= 1.0
+    # accuracy by hand: the 6 masked positions, top-1 of the head's logits against their targets
+    positions = [(0, 1), (0, 2), (1, 4), (2, 1), (2, 3), (2, 5)]
+    with torch.no_grad():
+        hits = [int(head(states[b, j][None], v[b][None]).argmax()) == int(targets[b, j]) for b, j in positions]
+    assert float(acc) == pytest.approx(sum(hits) / 6)
+    # a head that predicts every target gets 1, one that predicts none gets 0
+    with torch.no_grad():
+        head.decoder.weight.zero_(), head.decoder.bias.zero_()
+        head.decoder.bias[targets[0, 1]] = 1.0
+    share = sum(int(targets[b, j]) == int(targets[0, 1]) for b, j in positions) / 6
+    assert float(head.loss(states, v, mask, targets)[1]) == pytest.approx(share)
 
 
 def test_mlm_loss_is_per_sample_mean_then_batch_mean_and_gathers_first():
@@ -595,6 +606,26 @@ def test_icl_all_gathers_negatives_across_processes(tmp_path, sizes):
         full.backward()
         for p, g_dist in zip(head.parameters(), result["grads"]):
             assert torch.allclose(p.grad, g_dist, atol=1e-5)
+        return
+    # unequal batches: DDP averages the ranks' gradients with equal weight, so the oracle is the
+    # gradient of the mean of the per-rank losses, each rank's rows against every row, in one process
+    z_text, z_tab = head.project(text, tab)
+    per_rank = []
+    for rank, n in enumerate(sizes):
+        lo = sum(sizes[:rank])
+        labels = torch.arange(lo, lo + n)
+        t2v = F.cross_entropy(z_text[lo : lo + n] @ z_tab.t() / 0.5, labels)
+        v2t = F.cross_entropy(z_tab[lo : lo + n] @ z_text.t() / 0.5, labels)
+        per_rank.append(0.5 * (t2v + v2t))
+    assert torch.allclose(torch.stack(per_rank).detach(), result["losses"], atol=1e-5)
+    head.zero_grad()
+    torch.stack(per_rank).mean().backward()
+    for (name, p), g_dist in zip(head.named_parameters(), result["grads"]):
+        assert torch.allclose(p.grad, g_dist, atol=1e-5), name
+    # and that differs from the global-batch gradient (the check can tell the two apart)
+    head.zero_grad()
+    head(text, tab).backward()
+    assert any(not torch.allclose(p.grad, g, atol=1e-5) for p, g in zip(head.parameters(), result["grads"]))
 
 
 # ---------------------------------------------------------------------------------- together
