@@ -79,3 +79,29 @@ def test_cosine_heatmap_is_the_dot_product_over_the_norms(loaded_table, minilm_t
     outer = ratio[:, :1] * ratio[:1, :] / ratio[0, 0]
     np.testing.assert_allclose(ratio, outer, rtol=1e-4)
     assert np.all(np.abs(cosine) <= 1 + 1e-6) and not np.allclose(cosine, dot)
+
+
+def test_heatmap_entries_are_the_hand_masked_projections(loaded_table, minilm_tokenizer):
+    """Entry (i, j): the row's text with field i's value tokens (only those) replaced by [MASK],
+    against its table with field j's feature replaced by <MASK>, masked here by hand."""
+    torch.manual_seed(0)
+    space, pieces, local, plm, id_model, icl = tiny_alignment_setup(loaded_table, minilm_tokenizer, pooling=None)
+    batch = text_batch(space, pieces, local[:3])
+    row = 2
+    heatmap = alignment_heatmap(id_model, plm, icl, batch, row, plm.mask_token_id)
+    F_ = space.num_fields
+    att = batch["attention_mask"][row : row + 1]
+    with torch.no_grad():
+        texts, tables = [], []
+        for f in range(F_):
+            ids = batch["input_ids"][row].clone()
+            for pos in range(ids.shape[0]):
+                if int(batch["token_field_ids"][row, pos]) == f and bool(batch["value_token_mask"][row, pos]):
+                    ids[pos] = plm.mask_token_id
+            assert (ids == plm.mask_token_id).sum() >= 1  # every field has a value token to mask
+            texts.append(plm.sentence_embedding(plm(ids[None], att), att))
+            features = batch["feature_ids"][row].clone()
+            features[f] = id_model.mask_feature_id
+            tables.append(id_model(features[None])[0])
+        z_text, z_tab = icl.project(torch.cat(texts), torch.cat(tables))
+    np.testing.assert_allclose(heatmap, (z_text @ z_tab.T).numpy(), rtol=1e-5, atol=1e-6)
