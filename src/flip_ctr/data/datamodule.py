@@ -137,8 +137,9 @@ class BatchBuilder:
     def _gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(local value ids [B, F] int64, labels [B] float32) of ``rows``. From the memory maps the
         rows are read in ascending order (sequential pages, not B random seeks) and put back."""
-        if len(rows) and not (0 <= int(rows.min()) and int(rows.max()) < self.num_rows):
-            bad = int(rows.min()) if int(rows.min()) < 0 else int(rows.max())
+        lo, hi = (int(rows.min()), int(rows.max())) if len(rows) else (0, -1)
+        if lo < 0 or hi >= self.num_rows:
+            bad = lo if lo < 0 else hi
             raise IndexError(f"row index {bad} outside the artifact's {self.num_rows} rows ({self.path})")
         if self.in_memory:
             return self.value_ids[rows], self.labels[rows]
