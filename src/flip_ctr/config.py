@@ -161,6 +161,7 @@ STAGE_RULES: dict[str, Check] = {
     "train_split": one_of("fit", "train"),
     "freeze_plm": boolean,
     "text_encoding": one_of("row", "per_field"),
+    "optimizer": one_of("adam", "lazy_adam"),
 }
 
 

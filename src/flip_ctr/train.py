@@ -74,23 +74,24 @@ def _load_id_model(cfg: DictConfig, stage: DictConfig, datamodule) -> torch.nn.M
     return build_id_model(cfg, datamodule)
 
 
-def _regularization(cfg: DictConfig) -> dict:
-    """The ID model's loss options (conf/id_recipe/): L2 coefficients by group and BCE reduction."""
+def _id_training(cfg: DictConfig, stage: DictConfig) -> dict:
+    """The ID model's loss options (conf/id_recipe/: L2 coefficients by group and BCE reduction)
+    and the stage's optimizer (adam | lazy_adam)."""
     reg = OmegaConf.to_container(cfg.get("regularization") or {}, resolve=True)
-    return {"l2": reg.get("l2") or {}, "bce_reduction": reg.get("bce_reduction", "mean")}
+    return {"l2": reg.get("l2") or {}, "bce_reduction": reg.get("bce_reduction", "mean"), "optimizer": stage.get("optimizer", "adam")}
 
 
 def build_ctr(cfg, stage, datamodule, stage_dir):
     from flip_ctr.stages.ctr import CTRModule
 
-    return CTRModule(build_id_model(cfg, datamodule), lr=stage.lr, weight_decay=stage.weight_decay, **_regularization(cfg))
+    return CTRModule(build_id_model(cfg, datamodule), lr=stage.lr, weight_decay=stage.weight_decay, **_id_training(cfg, stage))
 
 
 def build_finetune_id(cfg, stage, datamodule, stage_dir):
     from flip_ctr.stages.finetune_id import FinetuneIDModule
 
     return FinetuneIDModule(
-        _load_id_model(cfg, stage, datamodule), lr=stage.lr, weight_decay=stage.weight_decay, **_regularization(cfg)
+        _load_id_model(cfg, stage, datamodule), lr=stage.lr, weight_decay=stage.weight_decay, **_id_training(cfg, stage)
     )
 
 

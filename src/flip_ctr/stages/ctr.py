@@ -23,6 +23,7 @@ from torch import nn
 
 from flip_ctr.atomic import atomic_path, atomic_write_text
 from flip_ctr.models.id.regularization import l2_penalty
+from flip_ctr.stages.lazy_adam import LazyAdam, use_sparse_embedding_gradients
 from flip_ctr.stages.metrics import StreamedBinaryMetrics, streamed_auc
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,19 @@ class CTRModule(CTRStage):
     ``l2`` (group → coefficient, :mod:`flip_ctr.models.id.regularization`) adds the reference
     code's L2 penalty to the loss every step; ``bce_reduction="sum"`` sums the BCE over the batch
     as deepctr-torch does (with Adam this mostly changes how strong the L2 term is relative to
-    the data term: λ against a sum of B losses is λ/B against their mean).
+    the data term: λ against a sum of B losses is λ/B against their mean). ``optimizer="lazy_adam"``
+    (:mod:`flip_ctr.stages.lazy_adam`) updates only the feature-table rows of each batch: the
+    scale path, where dense Adam's whole-table update is most of a step.
     """
 
     def __init__(
-        self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0, l2: dict | None = None, bce_reduction: str = "mean"
+        self,
+        model: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        l2: dict | None = None,
+        bce_reduction: str = "mean",
+        optimizer: str = "adam",
     ) -> None:
         super().__init__()
         if bce_reduction not in ("mean", "sum"):
@@ -132,7 +141,26 @@ class CTRModule(CTRStage):
         self.weight_decay = weight_decay
         self.l2 = dict(l2 or {})
         self.bce_reduction = bce_reduction
+        self.optimizer = optimizer
+        if optimizer == "lazy_adam":
+            self._check_lazy_adam()
+            use_sparse_embedding_gradients(model)
+        elif optimizer != "adam":
+            raise ValueError(f"stage.optimizer must be 'adam' (the reference's) or 'lazy_adam' (sparse rows), got {optimizer!r}")
         self.save_hyperparameters(ignore=["model"])
+
+    def _check_lazy_adam(self) -> None:
+        # Weight decay and a whole-table L2 penalty give every row a gradient at every step:
+        # the table would be dense again, and lazy updates would silently skip that decay.
+        dense = {f"regularization.l2.{g}": self.l2.get(g, 0.0) for g in ("embedding", "linear")}
+        dense["stage.weight_decay"] = self.weight_decay
+        offending = {name: value for name, value in dense.items() if value}
+        if offending:
+            given = ", ".join(f"{name}={value}" for name, value in offending.items())
+            raise ValueError(
+                f"stage.optimizer=lazy_adam updates only the feature-table rows of each batch; {given} needs the whole "
+                "table every step. Use id_recipe=ours (no L2) and stage.weight_decay=0, or stage.optimizer=adam."
+            )
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch["feature_ids"])[1]
@@ -147,4 +175,6 @@ class CTRModule(CTRStage):
         return loss
 
     def configure_optimizers(self):
+        if self.optimizer == "lazy_adam":
+            return LazyAdam(self.parameters(), lr=self.lr)
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

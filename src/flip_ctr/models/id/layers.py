@@ -26,7 +26,11 @@ class FeatureEmbedding(nn.Module):
     """One embedding table for all fields: ``[B, F]`` global ids -> ``[B, F, D]``.
 
     ``weight`` has ``num_features + 1`` rows; the last one is the ``<MASK>`` feature.
+    ``sparse_gradients`` (set by :func:`flip_ctr.stages.lazy_adam.use_sparse_embedding_gradients`)
+    makes its gradient hold only the batch's rows.
     """
+
+    sparse_gradients = False
 
     def __init__(self, num_features: int, embedding_dim: int, init_std: float = EMBEDDING_INIT_STD):
         super().__init__()
@@ -39,7 +43,7 @@ class FeatureEmbedding(nn.Module):
         nn.init.normal_(self.weight, std=init_std)
 
     def forward(self, feature_ids: torch.LongTensor) -> torch.Tensor:
-        return F.embedding(feature_ids, self.weight)
+        return F.embedding(feature_ids, self.weight, sparse=self.sparse_gradients)
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features} (+1 mask), embedding_dim={self.embedding_dim}"
@@ -52,13 +56,15 @@ class LinearTerm(nn.Module):
     Zero init so the term starts neutral and the model starts from the deep part.
     """
 
+    sparse_gradients = False  # as FeatureEmbedding's
+
     def __init__(self, num_features: int):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(num_features + 1, 1))
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, feature_ids: torch.LongTensor) -> torch.Tensor:
-        return F.embedding(feature_ids, self.weight).sum(dim=(1, 2)) + self.bias
+        return F.embedding(feature_ids, self.weight, sparse=self.sparse_gradients).sum(dim=(1, 2)) + self.bias
 
 
 class MLP(nn.Module):
