@@ -209,3 +209,17 @@ def test_refit_training_gives_the_same_metrics_and_predictions(tmp_path, stage):
     # each run built (and read) its own engine's cache entry
     manifests = [json.loads((p / "manifest.json").read_text()) for p in (tmp_path / "cache").glob("synthetic_goodreads-*")]
     assert sorted(str(m["source"]["options"]) for m in manifests) == sorted([str({"engine": "streaming"}), str({"num_rows": ROWS, "seed": 0})])
+
+
+def test_a_later_run_memory_maps_the_stored_text_pieces(folders, streaming, minilm_tokenizer, monkeypatch):
+    """The text pieces live with the artifact: a second datamodule tokenizes nothing, maps the
+    stored matrices, and its workers (forked, sharing the maps) give the first one's batches."""
+    import flip_ctr.data.text as text
+
+    stored = sorted((streaming.artifact.path / "text_pieces").glob("*/pieces.json"))
+    assert len(stored) == 1
+    monkeypatch.setattr(text, "tokenize_values", lambda *a, **k: pytest.fail("tokenized although the pieces are stored"))
+    again = make_dm(folders, "streaming", minilm_tokenizer, num_workers=2)
+    with open("/proc/self/maps") as fh:
+        assert str(stored[0].parent / "field0_tokens.npy") in fh.read()
+    assert_same_batches(batches(streaming, "val"), batches(again, "val"))

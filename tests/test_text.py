@@ -5,14 +5,16 @@ from flip_ctr.data.preprocess import SplitConfig, build_artifact
 from flip_ctr.data.text import TextPieces, render_sentence
 
 
+NAMES = ["occupation", "movie title", "genre"]
+VALUES = [
+    ["unknown", "college/grad student", "writer"],
+    ["unknown", "Toy Story (1995)", "Heat"],
+    ["unknown", "Animation, Children's, Comedy", "Drama"],
+]
+
+
 def _pieces(tokenizer, max_length=256):
-    names = ["occupation", "movie title", "genre"]
-    values = [
-        ["unknown", "college/grad student", "writer"],
-        ["unknown", "Toy Story (1995)", "Heat"],
-        ["unknown", "Animation, Children's, Comedy", "Drama"],
-    ]
-    return names, values, TextPieces(names, values, tokenizer, max_length=max_length)
+    return NAMES, VALUES, TextPieces(NAMES, VALUES, tokenizer, max_length=max_length)
 
 
 def test_assembled_tokens_equal_tokenizing_the_sentence(minilm_tokenizer):
@@ -155,3 +157,97 @@ def test_chunked_and_plain_tokenizer_paths_give_the_same_ids(minilm_tokenizer):
         assert flat.tolist() == [t for e in expected for t in e]
     flat, lengths = tokenize_values([], minilm_tokenizer)
     assert flat.shape == lengths.shape == (0,)
+
+
+# -- text pieces stored with the artifact (cached_text_pieces) ---------------------------------
+def _cached(tmp_path, tokenizer, values=None, max_value_tokens=32, names=None):
+    from flip_ctr.data.text import cached_text_pieces
+
+    return cached_text_pieces(tmp_path, names or NAMES, values or VALUES, tokenizer, max_length=256, max_value_tokens=max_value_tokens)
+
+
+def _assert_same_batches(a: TextPieces, b: TextPieces, num_values=(3, 3, 3)):
+    generator = torch.Generator().manual_seed(0)
+    local = torch.stack([torch.randint(0, n, (64,), generator=generator) for n in num_values], 1)
+    x, y = a.assemble(local), b.assemble(local)
+    for name in ("input_ids", "attention_mask", "token_field_ids", "value_token_mask"):
+        assert torch.equal(getattr(x, name), getattr(y, name)), name
+    assert torch.equal(a.token_ids(), b.token_ids())
+
+
+def test_stored_pieces_are_memory_mapped_and_assemble_the_same_batches(tmp_path, minilm_tokenizer):
+    import numpy as np
+
+    names, values, fresh = _pieces(minilm_tokenizer)
+    stored = _cached(tmp_path, minilm_tokenizer)
+    _assert_same_batches(fresh, stored)
+    (directory,) = (tmp_path / "text_pieces").iterdir()
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        ["pieces.json"] + [f"field{f}_{a}.npy" for f in range(3) for a in ("tokens", "lengths", "value_lengths")]
+    )
+    # the tensors are views of the files (copy-on-write maps), not copies in RAM
+    tokens = stored.fields[1].tokens
+    mapped = np.load(directory / "field1_tokens.npy", mmap_mode="r")
+    assert torch.equal(tokens, torch.from_numpy(np.array(mapped)))
+    with open("/proc/self/maps") as fh:
+        assert str(directory / "field1_tokens.npy") in fh.read()
+
+
+def test_second_run_reads_the_stored_pieces_without_tokenizing(tmp_path, minilm_tokenizer, monkeypatch, caplog):
+    import flip_ctr.data.text as text
+
+    first = _cached(tmp_path, minilm_tokenizer)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again although the pieces are stored")
+
+    monkeypatch.setattr(text, "tokenize_values", no_tokenizing)
+    with caplog.at_level("INFO", logger="flip_ctr.data.text"):
+        second = _cached(tmp_path, minilm_tokenizer)
+    assert "using cached text pieces" in caplog.text
+    _assert_same_batches(first, second)
+
+
+def test_what_changes_the_pieces_changes_the_stored_entry(tmp_path, minilm_tokenizer):
+    from transformers import BertTokenizerFast
+
+    _cached(tmp_path, minilm_tokenizer)
+    _cached(tmp_path, minilm_tokenizer, max_value_tokens=2)
+    _cached(tmp_path, minilm_tokenizer, names=["job", "movie title", "genre"])
+    # a tokenizer with another vocabulary (the same class) must not reuse MiniLM's ids
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "is", ".", "unknown", "writer", "heat", "drama"]))
+    other = BertTokenizerFast(vocab_file=str(vocab))
+    short = _cached(tmp_path, other)
+    assert len(list((tmp_path / "text_pieces").iterdir())) == 4
+    assert int(short.token_ids().max()) < 11
+
+
+@pytest.mark.parametrize("damage", ["flip_a_byte", "remove_a_file", "old_format"])
+def test_damaged_stored_pieces_are_rebuilt_with_a_warning(tmp_path, minilm_tokenizer, damage, caplog):
+    import json
+
+    first = _cached(tmp_path, minilm_tokenizer)
+    (directory,) = (tmp_path / "text_pieces").iterdir()
+    if damage == "flip_a_byte":
+        path = directory / "field1_tokens.npy"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "remove_a_file":
+        (directory / "field2_lengths.npy").unlink()
+    else:
+        meta = json.loads((directory / "pieces.json").read_text())
+        (directory / "pieces.json").write_text(json.dumps({**meta, "format": 0}))
+    with caplog.at_level("WARNING", logger="flip_ctr.data.text"):
+        rebuilt = _cached(tmp_path, minilm_tokenizer)
+    assert "rebuilding text pieces" in caplog.text
+    _assert_same_batches(first, rebuilt)
+
+
+def test_unwritable_cache_trains_from_memory(tmp_path, minilm_tokenizer, caplog):
+    (tmp_path / "text_pieces").write_text("a file where the directory should go")
+    with caplog.at_level("WARNING", logger="flip_ctr.data.text"):
+        pieces = _cached(tmp_path, minilm_tokenizer)
+    assert "could not store text pieces" in caplog.text
+    _assert_same_batches(_pieces(minilm_tokenizer)[2], pieces)

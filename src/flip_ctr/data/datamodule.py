@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from flip_ctr.data.preprocess import Artifact, SplitConfig
 from flip_ctr.data.preprocess_large import check_engine, load_artifact
-from flip_ctr.data.text import TextPieces
+from flip_ctr.data.text import TextPieces, cached_text_pieces
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,9 @@ class CTRDataModule(L.LightningDataModule):
 
                 tokenizer = load_tokenizer(str(tokenizer))
             space = self.artifact.space
-            self.text = TextPieces(space.schema.field_names, space.values, tokenizer, self.max_length, self.max_value_tokens)
+            self.text = cached_text_pieces(
+                self.artifact.path, space.schema.field_names, space.values, tokenizer, self.max_length, self.max_value_tokens
+            )
 
     # -- facts the models need -----------------------------------------------------------
     @property

@@ -11,10 +11,13 @@ Sequence layout: [CLS] s_1 s_2 ... s_F [SEP], s_f = tokens("<name_f> is") + toke
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +25,10 @@ import torch
 from flip_ctr.data.preprocess import LONG_WORK_VALUES
 
 log = logging.getLogger(__name__)
+
+# Bumped whenever what is stored under <artifact>/text_pieces/ changes meaning.
+TEXT_PIECES_FORMAT = 1
+_PIECE_ARRAYS = ("tokens", "lengths", "value_lengths")
 
 
 @dataclass
@@ -109,6 +116,63 @@ class TextPieces:
             value_lengths=torch.from_numpy(value_lengths),
             prefix_length=len(prefix),
         )
+
+    # -- stored with the artifact, memory-mapped -------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Writes the pieces into ``directory`` atomically: one ``.npy`` per field and array, then
+        ``pieces.json`` (the special tokens, each field's prefix length, every file's SHA-256)."""
+        from flip_ctr.atomic import atomic_directory
+        from flip_ctr.data.cache import hash_file
+
+        # Parallel jobs (sweeps, DDP ranks) build identical pieces: the first one published wins.
+        with atomic_directory(directory, published_marker="pieces.json") as tmp:
+            files = {}
+            for f, pieces in enumerate(self.fields):
+                for name in _PIECE_ARRAYS:
+                    file = f"field{f}_{name}.npy"
+                    np.save(tmp / file, getattr(pieces, name).numpy())
+                    files[file] = hash_file(tmp / file)
+            meta = {
+                "format": TEXT_PIECES_FORMAT,
+                "special_tokens": {"cls": self.cls_id, "sep": self.sep_id, "pad": self.pad_id},
+                "prefix_lengths": [p.prefix_length for p in self.fields],
+                "num_long_values": self.num_long_values,
+                "files": files,
+            }
+            (tmp / "pieces.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path, max_length: int, verify: bool = True) -> "TextPieces":
+        """Pieces written by :meth:`save`, memory-mapped (copy-on-write: pages are shared by the
+        DataLoader workers and nothing is read until a batch uses it). Raises
+        :class:`~flip_ctr.data.preprocess.StaleCacheError` when anything is missing or altered."""
+        from flip_ctr.data.cache import hash_file
+        from flip_ctr.data.preprocess import StaleCacheError
+
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "pieces.json").read_text())
+            if meta.get("format") != TEXT_PIECES_FORMAT:
+                raise StaleCacheError(f"{directory}: text pieces format {meta.get('format')} != {TEXT_PIECES_FORMAT}")
+            if verify:
+                for file, digest in meta["files"].items():
+                    if hash_file(directory / file) != digest:
+                        raise StaleCacheError(f"{directory / file}: content does not match the digest in pieces.json")
+            fields = []
+            for f, prefix_length in enumerate(meta["prefix_lengths"]):
+                arrays = {name: torch.from_numpy(np.load(directory / f"field{f}_{name}.npy", mmap_mode="c")) for name in _PIECE_ARRAYS}
+                fields.append(FieldPieces(prefix_length=prefix_length, **arrays))
+        except StaleCacheError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise StaleCacheError(f"{directory}: unreadable text pieces ({err})") from err
+        pieces = cls.__new__(cls)
+        special = meta["special_tokens"]
+        pieces.cls_id, pieces.sep_id, pieces.pad_id = special["cls"], special["sep"], special["pad"]
+        pieces.max_length = max_length
+        pieces.num_long_values = meta["num_long_values"]
+        pieces.fields = fields
+        return pieces
 
     def token_ids(self) -> torch.Tensor:
         """Sorted ids of every token a piece contains (templates and values; no [CLS]/[SEP]/padding)."""
@@ -224,6 +288,50 @@ def fill_pieces_loop(
         sentence = prefix + list(ids[:max_value_tokens]) + suffix
         tokens[row, : len(sentence)] = sentence
     return tokens, value_lengths
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of what decides a tokenizer's ids: its class and, for a fast tokenizer, the whole
+    serialized pipeline (vocabulary, normaliser, pre-tokenizer), else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        # Truncation and padding are call-time state (``tokenizer(...)`` sets and clears them);
+        # tokenize_values never applies them.
+        pipeline = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        spec = json.dumps(pipeline, sort_keys=True)
+    else:
+        spec = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{spec}".encode()).hexdigest()
+
+
+def cached_text_pieces(
+    artifact_dir: str | Path, field_names: list[str], values: list[list[str]], tokenizer, max_length: int, max_value_tokens: int
+) -> TextPieces:
+    """The :class:`TextPieces` of an artifact's values, built once and stored with the artifact
+    (``<artifact>/text_pieces/<key>/``, key = tokenizer fingerprint, ``max_value_tokens``, field
+    names: the values themselves are the artifact's); later runs memory-map them. A damaged or
+    outdated copy is rebuilt with a warning, as the artifact is."""
+    from flip_ctr.data.preprocess import StaleCacheError
+
+    key = {"format": TEXT_PIECES_FORMAT, "tokenizer": tokenizer_fingerprint(tokenizer), "max_value_tokens": max_value_tokens,
+           "fields": list(field_names)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    directory = Path(artifact_dir) / "text_pieces" / digest
+    if (directory / "pieces.json").is_file():
+        try:
+            pieces = TextPieces.load(directory, max_length)
+            log.info("using cached text pieces %s", directory)
+            return pieces
+        except StaleCacheError as err:
+            log.warning("rebuilding text pieces: %s", err)
+    pieces = TextPieces(field_names, values, tokenizer, max_length, max_value_tokens)
+    try:
+        pieces.save(directory)
+    except OSError as err:  # a read-only or full cache: train from the pieces in memory
+        log.warning("could not store text pieces in %s (%s): using them from memory, rebuilt next run", directory, err)
+        return pieces
+    # Read back memory-mapped: the built tensors are dropped, so workers share one copy.
+    return TextPieces.load(directory, max_length, verify=False)
 
 
 def render_sentence(field_names: list[str], row_values: list[str]) -> str:
