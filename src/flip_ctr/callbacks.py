@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import time
 from pathlib import Path
 
@@ -11,18 +12,24 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from flip_ctr.atomic import atomic_path
+from flip_ctr.atomic import atomic_path, atomic_write_text
 
 
 class SpeedMonitor(L.Callback):
-    """Training throughput (samples/s, after ``warmup_steps``) and peak accelerator memory,
-    logged and written to ``<run dir>/speed.json`` at the end of fitting."""
+    """Training throughput (samples/s, after ``warmup_steps``), the wall time of the validation
+    passes and of the test pass (with its samples/s), the peak RSS of the main process and peak
+    accelerator memory, logged and written to ``<run dir>/speed.json`` at the end of fitting
+    (the test figures are added when testing ends)."""
 
     def __init__(self, warmup_steps: int = 10) -> None:
         self.warmup_steps = warmup_steps
         self._samples = 0
         self._start: float | None = None
         self._steps = 0
+        self._validation_seconds = 0.0
+        self._validation_passes = 0
+        self._phase_start: float | None = None
+        self._test_samples = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._steps == self.warmup_steps:
@@ -36,23 +43,63 @@ class SpeedMonitor(L.Callback):
         if self._start is not None:
             self._samples += int(batch["labels"].shape[0])
 
+    # Validation runs inside the timed training window: its time is reported, and taken out of
+    # the training rate so that samples/s is the training loop's own.
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._phase_start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._phase_start is None or trainer.sanity_checking:
+            return
+        seconds = time.perf_counter() - self._phase_start
+        self._validation_seconds += seconds
+        self._validation_passes += 1
+        if self._start is not None and self._phase_start >= self._start:
+            self._start += seconds
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._phase_start = time.perf_counter()
+        self._test_samples = 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._test_samples += int(batch["labels"].shape[0])
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if self._start is None or not trainer.is_global_zero:
             return
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - self._start
-        stats = {
+        self._write(trainer, merge=False, stats={
             "samples_per_second": self._samples / seconds if seconds > 0 else None,
             "measured_samples": self._samples,
             "measured_seconds": seconds,
+            "validation_seconds": self._validation_seconds,
+            "validation_passes": self._validation_passes,
             "world_size": trainer.world_size,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
             "torch": torch.__version__,
-        }
-        Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
-        (Path(trainer.default_root_dir) / "speed.json").write_text(json.dumps(stats, indent=2))
+        })
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self._phase_start is None or not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._phase_start
+        self._write(trainer, merge=True, stats={
+            "test_seconds": seconds,
+            "test_samples": self._test_samples,  # this rank's (DDP: each rank tests its share)
+            "test_samples_per_second": self._test_samples / seconds if seconds > 0 else None,
+        })
+
+    @staticmethod
+    def _write(trainer, stats: dict, merge: bool) -> None:
+        path = Path(trainer.default_root_dir) / "speed.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(path.read_text()) if merge and path.is_file() else {}
+        # ru_maxrss is KiB on Linux: the peak of this process so far (DataLoader workers not included)
+        peak = {"peak_rss_main_process_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        atomic_write_text(path, json.dumps({**previous, **stats, **peak}, indent=2))
 
 
 class RngState(L.Callback):
