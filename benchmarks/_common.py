@@ -172,11 +172,12 @@ class TreeMemoryMonitor:
         return self.peak_bytes / 2**20
 
 
-def run_monitored(cmd: list[str], env: dict | None = None, interval: float = 0.05, echo: bool = True) -> dict:
+def run_monitored(cmd: list[str], env: dict | None = None, interval: float = 0.05, echo: bool = True, stderr=None) -> dict:
     """Runs ``cmd`` as a child; returns its last stdout line parsed as JSON plus the peak RSS of
-    its process tree (sampled), its own ``ru_maxrss`` (from wait4), wall seconds and rc."""
+    its process tree (sampled), its own ``ru_maxrss`` (from wait4), wall seconds and rc.
+    ``stderr``: where the child's stderr goes (default: this process's)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     out_lines: list[str] = []
     with TreeMemoryMonitor(proc.pid, interval) as mon:
         assert proc.stdout is not None
