@@ -282,6 +282,7 @@ def test_invalid_values_are_named_when_the_config_is_composed(config, override, 
     ("config", "overrides", "message"),
     [
         ("train", ["stage.lr=-1"], "stage.lr must be a number > 0, got -1"),
+        ("train", ["stage.optimizer=sgd"], "stage.optimizer must be one of adam, lazy_adam, got 'sgd'"),
         ("train", ["stage.limit_train_batches=1.5"], "stage.limit_train_batches must be null, an integer >= 1"),
         ("pipeline", ["stages.pretrain.batch_size=0"], "stages.pretrain.batch_size must be an integer >= 1, got 0"),
         ("pipeline", ["stages.finetune_plm.lr_plm=0"], "stages.finetune_plm.lr_plm must be a number > 0, got 0"),
