@@ -302,6 +302,6 @@ def load_artifact(source, split: SplitConfig, cache_dir: str | Path, engine: str
     """
     check_engine(source.dataset, engine)
     if engine == _STREAMING:
-        table, schema_yaml = source.parquet_table()
+        table, schema_yaml = source.parquet_table(cache_dir)
         return load_or_build_large(table, schema_yaml, split, cache_dir, dataset=source.dataset)
     return load_or_build(source, split, Path(cache_dir))

@@ -16,7 +16,7 @@ from typing import Any
 
 from flip_ctr.data.schema import DataError, LoadedTable
 from flip_ctr.data.sources.bookcrossing import bookcrossing_files, load_bookcrossing
-from flip_ctr.data.sources.goodreads import goodreads_files, load_goodreads
+from flip_ctr.data.sources.goodreads import goodreads_files, goodreads_table, load_goodreads
 from flip_ctr.data.sources.movielens import load_ml1m, load_ml100k, ml1m_files, ml100k_files
 from flip_ctr.data.sources.synthetic_goodreads import load_synthetic_goodreads, synthetic_goodreads_files, synthetic_goodreads_table
 from flip_ctr.data.sources.table import load_table, parquet_table, table_files
@@ -42,6 +42,7 @@ FILES: dict[str, Callable[..., list[Path]]] = {
 PARQUET_TABLES: dict[str, Callable[..., tuple[Path, Path]]] = {
     "table": parquet_table,
     "synthetic_goodreads": synthetic_goodreads_table,
+    "goodreads": goodreads_table,  # converted from its JSON lines once, chunk by chunk, into cache_dir
 }
 
 
@@ -81,10 +82,15 @@ class DataSource:
             raise RuntimeError(f"{self.dataset} loader read {sorted(map(str, unlisted))}, which FILES[{self.dataset!r}] does not list")
         return loaded
 
-    def parquet_table(self) -> tuple[Path, Path]:
-        """(Parquet table, YAML schema) for the out-of-core build (``data.engine=streaming``)."""
+    def parquet_table(self, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+        """(Parquet table, YAML schema) for the out-of-core build (``data.engine=streaming``).
+        ``cache_dir`` goes to the datasets that convert their files into one (GoodReads)."""
+        import inspect
+
         require_parquet_table(self.dataset)
-        return PARQUET_TABLES[self.dataset](**self.kwargs)
+        build = PARQUET_TABLES[self.dataset]
+        converts = cache_dir is not None and "cache_dir" in inspect.signature(build).parameters
+        return build(**self.kwargs, **({"cache_dir": cache_dir} if converts else {}))
 
 
 def require_parquet_table(dataset: str) -> None:

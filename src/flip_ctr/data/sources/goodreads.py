@@ -45,11 +45,13 @@ epoch. An interaction whose book is absent from the books file is an error.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
 import re
 import time
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -155,9 +157,10 @@ def _json_kind_ok(value: object, kind: pl.DataType) -> bool:
     return True
 
 
-def _scan_ndjson(path: Path, raw: bytes, schema: dict, required: tuple[str, ...]) -> None:
-    """Python line scan that raises the precise DataError for a problem polars detected."""
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+def _scan_ndjson(path: Path, raw: bytes, schema: dict, required: tuple[str, ...], first_line: int = 1) -> None:
+    """Python line scan that raises the precise DataError for a problem polars detected
+    (``raw`` starts at line ``first_line`` of ``path``)."""
+    for lineno, line in enumerate(raw.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         try:
@@ -184,24 +187,29 @@ def _scan_ndjson(path: Path, raw: bytes, schema: dict, required: tuple[str, ...]
                 raise DataError(f"{path} line {lineno}: key {key!r}: expected {want}, got {obj[key]!r}")
 
 
-def _line_of_row(raw: bytes, row: int) -> int:
-    """1-based line of the ``row``-th (0-based) non-blank line."""
+def _line_of_row(raw: bytes, row: int, first_line: int = 1) -> int:
+    """1-based line of the ``row``-th (0-based) non-blank line (``raw`` starts at ``first_line``)."""
     seen = -1
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+    for lineno, line in enumerate(raw.split(b"\n"), start=first_line):
         if line.strip():
             seen += 1
             if seen == row:
                 return lineno
-    return row + 1
+    return row + first_line
 
 
 def _read_ndjson(path: Path, schema: dict, required: tuple[str, ...]) -> tuple[pl.DataFrame, bytes]:
     raw = read_bytes(path)
     require_final_newline(raw, path)
+    return _parse_ndjson(path, raw, schema, required), raw
+
+
+def _parse_ndjson(path: Path, raw: bytes, schema: dict, required: tuple[str, ...], first_line: int = 1) -> pl.DataFrame:
+    """JSON lines ``raw`` (lines ``first_line``.. of ``path``) → a frame, every error naming its line."""
     try:
         frame = pl.read_ndjson(io.BytesIO(raw), schema=schema)
     except Exception as err:  # noqa: BLE001 - polars found a problem: locate it precisely
-        _scan_ndjson(path, raw, schema, required)
+        _scan_ndjson(path, raw, schema, required, first_line)
         raise DataError(f"{path}: could not read as JSON lines ({err})") from err
     for key in required:
         col = frame[key]
@@ -209,9 +217,39 @@ def _read_ndjson(path: Path, schema: dict, required: tuple[str, ...]) -> tuple[p
         if bad.any():
             i = int(bad.arg_true()[0])
             raise DataError(
-                f"{path} line {_line_of_row(raw, i)}: key {key!r} is missing or empty (required keys: {', '.join(required)})"
+                f"{path} line {_line_of_row(raw, i, first_line)}: key {key!r} is missing or empty "
+                f"(required keys: {', '.join(required)})"
             )
-    return frame, raw
+    return frame
+
+
+def _ndjson_chunks(path: Path, chunk_bytes: int):
+    """``(raw, first line number)`` for successive runs of whole lines of about ``chunk_bytes``
+    (gunzipped on the fly): a file of any size, never whole in memory."""
+    require_file(path, "file")
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    if path.suffix == ".gz" and not gzipped:
+        raise DataError(f"{path}: expected a gzip file (name ends in .gz), found no gzip header")
+    line, seen_data = 1, False
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
+            while lines := fh.readlines(chunk_bytes):
+                raw = b"".join(lines)
+                if not raw.endswith(b"\n"):  # only the last line can lack one: the file was cut short
+                    last = raw[raw.rfind(b"\n") + 1 :].decode("latin-1")
+                    last_line = line + raw.count(b"\n")
+                    raise DataError(
+                        f"{path} line {last_line}: the file does not end with a newline, so its last line may "
+                        f"be truncated (it ends with {last[-60:]!r}); if the file is complete, add the missing final newline"
+                    )
+                seen_data = seen_data or bool(raw.strip())
+                yield raw, line
+                line += len(lines)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a valid gzip file ({err})") from err
+    if not seen_data:
+        raise DataError(f"{path}: file is empty")
 
 
 def _pick(folder: Path, given: str | Path | None, pattern: str, what: str, prefer_suffix: str | None = None) -> Path:
@@ -310,6 +348,59 @@ def goodreads_files(
     return [inter_path, books_path, *authors]
 
 
+def _read_books(books_path: Path, authors_path: Path | None) -> pl.DataFrame:
+    """The 14 book fields by book_id (books and authors files are read whole: one row per book)."""
+    books_raw_frame, books_raw = _read_ndjson(books_path, _BOOK_SCHEMA, _REQUIRED_BOOK_KEYS)
+    authors = None
+    if authors_path is not None:
+        authors, _ = _read_ndjson(authors_path, _AUTHOR_SCHEMA, ("author_id",))
+    books = _books_table(books_raw_frame, authors)
+    dup = ~books["book_id"].is_first_distinct()
+    if dup.any():
+        i = int(dup.arg_true()[0])
+        raise DataError(f"{books_path} line {_line_of_row(books_raw, i)}: duplicate book_id {books['book_id'][i]!r}")
+    return books
+
+
+def _interaction_rows(
+    inter: pl.DataFrame, raw: bytes, inter_path: Path, books: pl.DataFrame, books_path: Path, first_row: int = 0, first_line: int = 1
+) -> pl.DataFrame:
+    """Interactions (parsed from ``raw``, lines ``first_line``.. of ``inter_path``; rows numbered
+    from ``first_row``) → the table's rows: 15 fields, label, timestamp, row in source."""
+    date = pl.col("date_added").fill_null("").str.strip_chars()
+    date = pl.when(date == "").then(pl.col("date_updated")).otherwise(date)
+    inter = inter.with_row_index(ROW_COLUMN, offset=first_row).with_columns(
+        pl.col(ROW_COLUMN).cast(pl.Int64),
+        pl.col("user_id").cast(pl.Utf8).str.strip_chars(),
+        pl.col("book_id").cast(pl.Utf8).str.strip_chars(),
+        date.str.strip_chars().str.to_datetime(DATE_FORMAT, strict=False).dt.epoch("s").alias(TIME_COLUMN),
+    )
+    bad = inter[TIME_COLUMN].is_null()
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{inter_path} line {_line_of_row(raw, i, first_line)}: key 'date_added': expected a date like "
+            f"'Tue Oct 17 14:33:58 -0700 2017', got {inter['date_added'][i]!r}"
+        )
+    bad = ~inter["rating"].is_between(*GOODREADS_RATINGS)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise DataError(
+            f"{inter_path} line {_line_of_row(raw, i, first_line)}: key 'rating': expected an integer rating from "
+            f"{GOODREADS_RATINGS[0]} to {GOODREADS_RATINGS[1]}, got {inter['rating'][i]!r}"
+        )
+    missing = ~inter["book_id"].is_in(books["book_id"].implode())
+    if missing.any():
+        i = int(missing.arg_true()[0])
+        raise DataError(
+            f"{inter_path} line {_line_of_row(raw, i, first_line)}: book_id {inter['book_id'][i]!r} does not appear in "
+            f"{books_path} ({int(missing.sum())} interaction(s) reference a book missing from that file)"
+        )
+    table = inter.join(books, on="book_id", how="left", maintain_order="left").with_columns(_text(pl.col("user_id")).alias("user_id"))
+    table = apply_label_rule(table, GOODREADS_LABEL_RULE, "rating", str(inter_path))
+    return table.select(GOODREADS_SCHEMA.field_columns + [LABEL_COLUMN, TIME_COLUMN, ROW_COLUMN])
+
+
 def load_goodreads(
     data_dir: str | Path,
     interactions_file: str | Path | None = None,
@@ -321,51 +412,10 @@ def load_goodreads(
     inter_path, books_path, *authors = goodreads_files(data_dir, interactions_file, books_file, authors_file)
     authors_path = authors[0] if authors else None
     log.info("GoodReads: interactions %s, books %s, authors %s", inter_path, books_path, authors_path)
-
     inter, inter_raw = _read_ndjson(inter_path, _INTERACTION_SCHEMA, _REQUIRED_INTERACTION_KEYS)
-    books_raw_frame, books_raw = _read_ndjson(books_path, _BOOK_SCHEMA, _REQUIRED_BOOK_KEYS)
-    authors = None
-    if authors_path is not None:
-        authors, _ = _read_ndjson(authors_path, _AUTHOR_SCHEMA, ("author_id",))
-    books = _books_table(books_raw_frame, authors)
-    dup = ~books["book_id"].is_first_distinct()
-    if dup.any():
-        i = int(dup.arg_true()[0])
-        raise DataError(f"{books_path} line {_line_of_row(books_raw, i)}: duplicate book_id {books['book_id'][i]!r}")
-
-    date = pl.col("date_added").fill_null("").str.strip_chars()
-    date = pl.when(date == "").then(pl.col("date_updated")).otherwise(date)
-    inter = inter.with_row_index(ROW_COLUMN).with_columns(
-        pl.col(ROW_COLUMN).cast(pl.Int64),
-        pl.col("user_id").cast(pl.Utf8).str.strip_chars(),
-        pl.col("book_id").cast(pl.Utf8).str.strip_chars(),
-        date.str.strip_chars().str.to_datetime(DATE_FORMAT, strict=False).dt.epoch("s").alias(TIME_COLUMN),
-    )
-    bad = inter[TIME_COLUMN].is_null()
-    if bad.any():
-        i = int(bad.arg_true()[0])
-        raise DataError(
-            f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'date_added': expected a date like "
-            f"'Tue Oct 17 14:33:58 -0700 2017', got {inter['date_added'][i]!r}"
-        )
-    bad = ~inter["rating"].is_between(*GOODREADS_RATINGS)
-    if bad.any():
-        i = int(bad.arg_true()[0])
-        raise DataError(
-            f"{inter_path} line {_line_of_row(inter_raw, i)}: key 'rating': expected an integer rating from "
-            f"{GOODREADS_RATINGS[0]} to {GOODREADS_RATINGS[1]}, got {inter['rating'][i]!r}"
-        )
-    missing = ~inter["book_id"].is_in(books["book_id"].implode())
-    if missing.any():
-        i = int(missing.arg_true()[0])
-        raise DataError(
-            f"{inter_path} line {_line_of_row(inter_raw, i)}: book_id {inter['book_id'][i]!r} does not appear in "
-            f"{books_path} ({int(missing.sum())} interaction(s) reference a book missing from that file)"
-        )
-    table = inter.join(books, on="book_id", how="left", maintain_order="left").with_columns(_text(pl.col("user_id")).alias("user_id"))
-    table = apply_label_rule(table, GOODREADS_LABEL_RULE, "rating", str(inter_path))
-    columns = GOODREADS_SCHEMA.field_columns + [LABEL_COLUMN, TIME_COLUMN, ROW_COLUMN]
-    loaded = LoadedTable(table.select(columns), GOODREADS_SCHEMA, [inter_path, books_path] + ([authors_path] if authors_path else []))
+    books = _read_books(books_path, authors_path)
+    table = _interaction_rows(inter, inter_raw, inter_path, books, books_path)
+    loaded = LoadedTable(table, GOODREADS_SCHEMA, [inter_path, books_path] + ([authors_path] if authors_path else []))
     loaded.validate()
     log.info(
         "GoodReads: %d rows, positive rate %.4f, %.2fs",
@@ -376,4 +426,59 @@ def load_goodreads(
     return loaded
 
 
-__all__ = ["GOODREADS_SCHEMA", "GOODREADS_LABEL_RULE", "GENERIC_SHELVES", "goodreads_files", "load_goodreads"]
+# Bumped when the converted table below changes meaning (its directory name includes it).
+GOODREADS_TABLE_FORMAT = 1
+
+
+def goodreads_table(
+    data_dir: str | Path,
+    interactions_file: str | Path | None = None,
+    books_file: str | Path | None = None,
+    authors_file: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    chunk_bytes: int = 256 << 20,
+) -> tuple[Path, Path]:
+    """(Parquet table, YAML schema) of the GoodReads files for ``data.engine=streaming``: the
+    rows :func:`load_goodreads` builds, converted once into ``<cache_dir>/goodreads_tables/<key>/``
+    (key: the files' paths, sizes and modification times) one chunk of interaction lines at a
+    time, so the interactions are never whole in memory (the books and authors files are: one
+    row per book). Same checks, same errors (with line numbers) as :func:`load_goodreads`."""
+    import hashlib
+
+    import yaml
+
+    from flip_ctr.atomic import atomic_directory
+    from flip_ctr.data.cache import default_cache_dir
+
+    inter_path, books_path, *authors = goodreads_files(data_dir, interactions_file, books_file, authors_file)
+    authors_path = authors[0] if authors else None
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in [inter_path, books_path, *authors]]
+    key = hashlib.sha256(json.dumps([GOODREADS_TABLE_FORMAT, stamp]).encode()).hexdigest()[:16]
+    out = Path(cache_dir or default_cache_dir()) / "goodreads_tables" / key
+    if (out / "schema.yaml").is_file():
+        return out / "table", out / "schema.yaml"
+    start = time.perf_counter()
+    log.info("GoodReads: converting %s (+ %s) to Parquet in %s", inter_path, books_path, out)
+    with atomic_directory(out, published_marker="schema.yaml") as tmp:
+        books = _read_books(books_path, authors_path)
+        (tmp / "table").mkdir()
+        rows = 0
+        for part, (raw, first_line) in enumerate(_ndjson_chunks(inter_path, chunk_bytes)):
+            inter = _parse_ndjson(inter_path, raw, _INTERACTION_SCHEMA, _REQUIRED_INTERACTION_KEYS, first_line)
+            chunk = _interaction_rows(inter, raw, inter_path, books, books_path, first_row=rows, first_line=first_line)
+            # The streaming build numbers rows by their position in the files: keep it the line order.
+            chunk.drop(ROW_COLUMN).write_parquet(tmp / "table" / f"part-{part:05d}.parquet")
+            rows += chunk.height
+            log.info("GoodReads: %d interactions converted (%.0fs)", rows, time.perf_counter() - start)
+        schema = {
+            "name": GOODREADS_SCHEMA.name,
+            "fields": [{"column": f.column, "name": f.name, "side": f.side} for f in GOODREADS_SCHEMA.fields],
+            "label": {"column": LABEL_COLUMN},
+            "time_column": TIME_COLUMN,
+        }
+        (tmp / "schema.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    return out / "table", out / "schema.yaml"
+
+
+__all__ = ["GOODREADS_SCHEMA", "GOODREADS_LABEL_RULE", "GENERIC_SHELVES", "goodreads_files", "goodreads_table", "load_goodreads"]
