@@ -107,6 +107,9 @@ def test_cache_list_and_clean(tmp_path, capsys):
     (other / "u.item").unlink()
     (cache_dir / ".ml100k-x.tmp").mkdir()  # a build killed long ago
     os.utime(cache_dir / ".ml100k-x.tmp", (0, 0))
+    # tables that live in the cache dir but are not artifacts: neither listed nor removed
+    for table in ("synthetic_goodreads/rows100_seed0", "goodreads_tables/0123456789abcdef"):
+        (cache_dir / table).mkdir(parents=True)
     states = {r["name"]: r["state"] for r in cache.list_entries(cache_dir)}
     assert states[kept.path.name] == "current" and states[gone.path.name].startswith("source missing")
     cache.main(["list", "--cache-dir", str(cache_dir)])
@@ -114,9 +117,11 @@ def test_cache_list_and_clean(tmp_path, capsys):
     assert kept.path.name in out and "ml100k" in out and "source missing" in out
     cache.main(["clean", "--cache-dir", str(cache_dir)])
     assert "removed 2 entries" in capsys.readouterr().out
-    assert entries(cache_dir) == [kept.path.name] and not (cache_dir / ".ml100k-x.tmp").exists()
+    tables = ["goodreads_tables", "synthetic_goodreads"]
+    assert entries(cache_dir) == sorted([kept.path.name, *tables]) and not (cache_dir / ".ml100k-x.tmp").exists()
     assert cache.clean(cache_dir, everything=True) == [kept.path]
-    assert entries(cache_dir) == []
+    assert entries(cache_dir) == tables
+    assert (cache_dir / "synthetic_goodreads" / "rows100_seed0").is_dir() and (cache_dir / "goodreads_tables").is_dir()
 
 
 def test_loader_options_and_the_format_version_are_in_the_key(tmp_path, monkeypatch):

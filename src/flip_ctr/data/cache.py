@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -130,10 +131,15 @@ def _manifest(entry_dir: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+# <dataset>-<16 hex digits> (locate): other folders in the cache dir are not artifacts (generated
+# synthetic tables, converted GoodReads tables) and are neither listed nor cleaned as such.
+_ENTRY_NAME = re.compile(r"^[^.].*-[0-9a-f]{16}$")
+
+
 def _entry_dirs(cache_dir: Path) -> list[Path]:
     if not Path(cache_dir).is_dir():
         return []
-    return sorted(p for p in Path(cache_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in Path(cache_dir).iterdir() if p.is_dir() and _ENTRY_NAME.match(p.name))
 
 
 def prune_superseded(entry: CacheEntry) -> list[Path]:
