@@ -51,7 +51,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=20_000_000)
     p.add_argument("--work-dir", default="/tmp/flip_ctr_scale_e2e", help="tables, cache and run directories")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the training processes")
+    # One thread: on a shared 2-core machine two OpenMP threads stall whenever another process
+    # takes a core (measured 1.38 s/step with 2 threads vs 0.27 s/step with 1, load ~3).
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training processes")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--id-batch", type=int, default=2048, help="the paper's GoodReads batch size")
     p.add_argument("--id-optimizer", default="lazy_adam", choices=["adam", "lazy_adam"])
