@@ -40,7 +40,7 @@ ids: ## the nine ID baselines on ML-1M and ML-100K, 5 seeds, protocol=refit → 
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/id_baselines.sh outputs/id_baselines num_threads=1 $(ARGS)
 	FLIP_CTR=$(VENV)/bin/flip-ctr scripts/write_id_results.sh outputs/id_baselines
 
-mutation: ## mutation testing of the core modules (mutmut) → results/mutation.md; not in CI. TARGETS="masking report" for some
+mutation: ## mutation testing of the core modules (mutmut) → results/mutation.md; not in CI. TARGETS="masking report_stats" for some
 	$(PY) -m pip install -q -e ".[mutation]"
 	$(PY) scripts/mutation.py $(TARGETS)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from flip_ctr.report import HOLDOUT_LABEL, _mean_std, collect, paired_t_test
+from flip_ctr.report import HOLDOUT_LABEL, collect
+from flip_ctr.report_stats import mean_std as _mean_std, paired_t_test
 
 ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/id_protocols")
 RESULTS = Path("results")

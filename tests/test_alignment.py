@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 
+import flip_ctr
 from flip_ctr.data.masking import choose_masked_fields, mask_batch
 from flip_ctr.models.alignment import ICLHead, MLMHead, MTMHead
 from flip_ctr.models.plm import PLMEncoder, PLMPathError, resolve_plm_path
@@ -586,11 +589,16 @@ def test_icl_all_gathers_negatives_across_processes(tmp_path, sizes):
     script = tmp_path / "dist_icl.py"
     script.write_text(_DIST_SCRIPT)
     out = tmp_path / "out.pt"
+    # the processes import the flip_ctr this test imported (a worktree on PYTHONPATH, or the copy
+    # mutation testing mutates), not whichever one the interpreter's installation points at
+    src = str(Path(flip_ctr.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "init"), str(out), ",".join(map(str, sizes))],
         capture_output=True,
         text=True,
         timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = torch.load(out)
@@ -691,3 +699,226 @@ def test_heads_run_under_bf16_autocast():
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
     sum(losses).backward()
     assert all(p.grad is not None for p in mtm.parameters())
+
+
+# -- written against mutation survivors (results/mutation.md): each test fails on at least one ------
+
+
+def _layer_norm_by_hand(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
+
+
+def test_mlm_head_is_linear_gelu_layernorm_then_the_decoder():
+    """g_PLM shaped like BERT's LM decoder, recomputed from the head's own weights with erf-GELU and
+    a LayerNorm written out; joint is the default, so v is required, and a float64 v is cast to
+    the text states' dtype."""
+    torch.manual_seed(0)
+    head = MLMHead(6, 4, vocab_size=10, hidden_dim=8)
+    with torch.no_grad():  # a LayerNorm gain and shift away from (1, 0), so that both count
+        head.transform[2].weight.uniform_(0.5, 1.5), head.transform[2].bias.uniform_(-0.5, 0.5)
+    states, v = torch.randn(3, 6), torch.randn(3, 4)
+    linear, norm = head.transform[0], head.transform[2]
+    p = torch.cat([states, v], dim=1) @ linear.weight.T + linear.bias
+    gelu = 0.5 * p * (1.0 + torch.erf(p / math.sqrt(2.0)))
+    expected = _layer_norm_by_hand(gelu, norm) @ head.decoder.weight.T + head.decoder.bias
+    with torch.no_grad():
+        assert torch.allclose(head(states, v), expected, atol=1e-5)
+        assert torch.allclose(head(states, v.double()), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="^joint MLMHead needs v$"):
+        head(states)
+
+
+def test_mlm_text_vocabulary_maps_ids_to_outputs_and_validates_them():
+    ids = [0, 5, 11]  # the first and the last id of a 12-token vocabulary are allowed
+    head = MLMHead(6, 4, vocab_size=12, hidden_dim=8, output_token_ids=torch.tensor(ids))
+    assert head.decoder.out_features == 3
+    assert head.output_index.tolist() == [0, -1, -1, -1, -1, 1, -1, -1, -1, -1, -1, 2]
+    assert torch.equal(head.state_dict()["output_index"], head.output_index)  # saved with the head
+    for bad in ([], [5, 2], [2, 7, 5], [2, 2, 5], [-1, 3], [3, 5, 12]):
+        with pytest.raises(ValueError, match=r"^output_token_ids must be sorted, unique ids in \[0, 12\); got \d ids$"):
+            MLMHead(6, 4, vocab_size=12, output_token_ids=torch.tensor(bad, dtype=torch.long))
+    # the loss over the three outputs, targets mapped by hand (vocabulary id 0 is output 0)
+    torch.manual_seed(0)
+    states, v = torch.randn(2, 3, 6), torch.randn(2, 4)
+    mask = torch.tensor([[True, False, True], [False, True, False]])
+    targets = torch.tensor([[0, 7, 11], [3, 5, 3]])
+    loss, _ = head.loss(states, v, mask, targets)
+    with torch.no_grad():
+        logits = head(states[mask], v[[0, 0, 1]])
+    ce = F.cross_entropy(logits, torch.tensor([0, 2, 1]), reduction="none")
+    assert torch.allclose(loss, ((ce[0] + ce[1]) / 2 + ce[2]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^a masked token is outside output_token_ids \(mlm_vocabulary=text needs every text token in it\)$"):
+        head.loss(states, v, mask, torch.tensor([[0, 7, 3], [3, 5, 3]]))
+
+
+def test_mlm_accuracy_counts_each_position_and_batches_wider_than_long():
+    """Four rows of two positions (more rows than positions): the logits are set per position by a
+    hook, so the top-1 is known; 2 of the 4 masked positions are right."""
+    torch.manual_seed(0)
+    head = MLMHead(5, 3, vocab_size=6, hidden_dim=4)
+    states, v = torch.randn(4, 2, 5), torch.randn(4, 3)
+    mask = torch.tensor([[True, False], [False, True], [True, False], [True, False]])
+    targets = torch.tensor([[1, 0], [0, 2], [3, 0], [5, 0]])
+    predicted = torch.tensor([1, 4, 3, 0])  # right, wrong, right, wrong
+    forced = F.one_hot(predicted, 6).float() * 10.0
+    handle = head.decoder.register_forward_hook(lambda m, i, o: forced)
+    loss, acc = head.loss(states, v, mask, targets)
+    handle.remove()
+    assert float(acc) == 0.5
+    ce = F.cross_entropy(forced, torch.tensor([1, 2, 3, 5]), reduction="none")
+    assert torch.allclose(loss, ce.mean())  # one masked position per row: the mean of the four
+
+
+@pytest.mark.parametrize("which", ["mlm", "mtm"])
+def test_a_batch_without_masked_items_gives_a_zero_connected_to_the_inputs_too(which):
+    torch.manual_seed(0)
+    if which == "mlm":
+        head = MLMHead(16, 5, vocab_size=20)
+        first, second = torch.randn(3, 6, 16, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+        loss, acc = head.loss(first, second, torch.zeros(3, 6, dtype=torch.bool), torch.zeros(3, 6, dtype=torch.long))
+    else:
+        head = mtm_head()
+        first, second = torch.randn(2, 6, requires_grad=True), torch.randn(2, 5, 16, requires_grad=True)
+        loss, acc = head.loss(first, second, torch.ones(2, 5), torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and acc.shape == () and acc.item() == 0.0
+    for tensor in (first, second, *head.parameters()):
+        assert tensor.grad is not None and tensor.grad.abs().sum() == 0
+
+
+def test_mtm_field_mlps_by_hand_with_nonzero_biases_and_in_the_inputs_dtype():
+    head = mtm_head()
+    with torch.no_grad():  # the biases start at 0, where + b and - b agree
+        head.mlp_b1.uniform_(-1, 1), head.mlp_b2.uniform_(-1, 1)
+    x = torch.randn(3, 16)
+    h = head.field_hidden(x)
+    for f in range(3):
+        by_hand = torch.relu(x @ head.mlp_w1[f] + head.mlp_b1[f]) @ head.mlp_w2[f] + head.mlp_b2[f]
+        assert torch.allclose(h[:, f], by_hand, atol=1e-5), f
+    # bf16 activations (a bf16 PLM) stay bf16 through the MLPs and into the predictor input
+    assert head.field_hidden(x.bfloat16()).dtype == torch.bfloat16
+    concat = mtm_head(predictor_input="masked_and_attended")
+    v_hat, w, att, _, _ = mtm_inputs()
+    assert concat.predictor_input_of(v_hat, w.bfloat16(), att).dtype == torch.bfloat16
+
+
+def test_mtm_attention_of_a_fully_padded_row_is_zero():
+    """No position to attend to: u is 0 (padded states are zeroed before the uniform weights of an
+    all-masked softmax can average them); the other row is unaffected."""
+    head = mtm_head()
+    v_hat, w, att, _, _ = mtm_inputs()
+    att = att.clone()
+    att[1] = 0
+    u = head.attend(v_hat, w, att)
+    assert torch.equal(u[1], torch.zeros(16))
+    assert torch.allclose(u[0], head.attend(v_hat[:1], w[:1], att[:1])[0])
+
+
+def test_mtm_loss_in_float64_and_with_more_rows_than_id_dimensions():
+    """float64 ID and text states give the float32 loss (each is cast where it meets the head's
+    weights); 8 rows > D_tab = 6, so the batch size is the rows, not a feature dimension."""
+    head = mtm_head(predictor_input="attended")
+    g = torch.Generator().manual_seed(0)
+    v_hat, w = torch.randn(8, 6, generator=g), torch.randn(8, 5, 16, generator=g)
+    att = torch.ones(8, 5, dtype=torch.long)
+    masked = torch.zeros(8, 3, dtype=torch.bool)
+    masked[[0, 3, 7], [0, 2, 1]] = True
+    targets = torch.tensor([[0, 5, 12]] * 8)
+    loss32, acc32 = head.loss(v_hat, w, att, masked, targets, generator=torch.Generator().manual_seed(1))
+    loss64, acc64 = head.loss(v_hat.double(), w.double(), att, masked, targets, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(loss64.float(), loss32, atol=1e-5) and acc64 == acc32
+
+
+def test_mtm_out_of_range_target_names_the_mask_id():
+    head = mtm_head()
+    with pytest.raises(ValueError, match=r"^target_feature_ids contain ids outside \[0, num_features\) \(a <MASK> id as target\?\)$"):
+        head.loss(torch.randn(1, 6), torch.randn(1, 4, 16), torch.ones(1, 4), torch.tensor([[True, False, False]]), torch.tensor([[20, 5, 12]]))
+
+
+def test_per_sample_mean_skips_empty_samples_and_keeps_the_dtype():
+    from flip_ctr.models.alignment import per_sample_mean
+
+    # samples 0 and 2 have items (means 2 and 10), 1 and 3 none: the mean of the two means
+    values = torch.tensor([1.0, 3.0, 10.0], dtype=torch.float64)
+    out = per_sample_mean(values, torch.tensor([0, 0, 2]), batch_size=4)
+    assert out.dtype == torch.float64 and out.item() == 6.0
+
+
+def test_mtm_defaults_and_field_offset_validation():
+    head = MTMHead(16, 6, feature_frequencies=torch.ones(3), field_offsets=[0, 3])  # one field is enough
+    assert head.mlp_w1.shape == (1, 16, 128)  # hidden_dim 128
+    assert head.sample_noise(torch.tensor([0, 0])).shape == (2, 25)  # K = 25 noise features
+    for bad in ([0], [1, 3], [0, 3, 3], [0, 3, 2, 5]):
+        with pytest.raises(ValueError, match=r"^field_offsets must start at 0 and strictly increase, got \[.*\]$"):
+            MTMHead(16, 6, feature_frequencies=torch.ones(bad[-1]), field_offsets=bad)
+    with pytest.raises(ValueError, match="^noise_scope must be one of 'global', 'field'; got 'row'$"):
+        mtm_head(noise_scope="row")
+
+
+def test_noise_exclusions_zero_fallback_and_squared_power():
+    # id 0 excluded (0 is a valid id), the <MASK> id 4 and -1 ignored; field 1 never seen: uniform
+    head = MTMHead(8, 4, feature_frequencies=torch.tensor([3.0, 1.0, 0.0, 0.0]), field_offsets=[0, 2, 4], exclude_ids=[0, 4, -1])
+    assert head.noise_weights.tolist() == [0.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"^feature range \[0, 2\) has no feature left to sample noise from$"):
+        MTMHead(8, 4, feature_frequencies=torch.tensor([0.0, 0.0, 1.0, 1.0]), field_offsets=[0, 2, 4], exclude_ids=[0, 1])
+    squared = MTMHead(8, 4, feature_frequencies=torch.tensor([3.0, 1.0, 2.0, 5.0]), field_offsets=[0, 2, 4], noise_power=2.0)
+    assert squared.noise_weights.tolist() == [9.0, 1.0, 4.0, 25.0]
+
+
+def test_noise_for_one_entry_and_a_generator_on_another_device():
+    head = mtm_head()
+    noise = head.sample_noise(torch.tensor([1]), num_noise=50, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (1, 50) and bool(((noise >= 3) & (noise < 10)).all())  # field 1's ids
+    on_meta = mtm_head().to("meta")  # a table on a device the CPU generator is not on
+    with pytest.raises(ValueError, match=r"^noise generator is on cpu but the noise table is on meta; "
+                                         r"pass a generator created on the module's device \(or None\)$"):
+        on_meta.sample_noise(torch.tensor([1]), generator=torch.Generator())
+
+
+def test_mtm_initialisation_scales_and_what_a_checkpoint_carries():
+    """The per-field MLP weights are U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (fan_in = the layer's
+    input size), the output embedding N(0, 1/hidden_dim); the noise tables are derived from the
+    frequencies and left out of the state dict, the biases are one row per field."""
+    torch.manual_seed(0)
+    head = MTMHead(16, 6, feature_frequencies=torch.ones(400), field_offsets=[0, 100, 400], hidden_dim=64)
+    for w, fan_in in ((head.mlp_w1, 16), (head.mlp_w2, 64)):
+        bound = 1 / math.sqrt(fan_in)
+        w = w.detach()
+        assert float(w.abs().max()) <= bound and float(w.max()) > 0.95 * bound and float(w.min()) < -0.95 * bound
+    assert float(head.output_embedding.weight.detach().std()) == pytest.approx(1 / 8, rel=0.05)
+    assert head.mlp_b1.shape == head.mlp_b2.shape == (2, 64)
+    assert set(head.state_dict()) == {"query", "mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2", "output_embedding.weight", "output_bias"}
+
+
+def test_mtm_frequency_table_checks_and_integer_counts():
+    with pytest.raises(ValueError, match=r"^feature_frequencies has 3 entries but field_offsets\[-1\] = 4 .*the <MASK> id must not be included\)$"):
+        MTMHead(8, 4, feature_frequencies=torch.ones(3), field_offsets=[0, 2, 4])
+    for bad in ([1.0, -1.0, 1.0, 1.0], [1.0, math.inf, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="^feature_frequencies must be finite and non-negative$"):
+            MTMHead(8, 4, feature_frequencies=torch.tensor(bad), field_offsets=[0, 2, 4])
+    with pytest.raises(ValueError, match="^num_noise must be >= 1, got 0$"):
+        mtm_head(num_noise=0)
+    assert mtm_head(num_noise=1).num_noise == 1  # one noise feature is allowed
+    # integer counts (what a bincount gives) are probabilities like their float twins
+    counts = torch.tensor([3, 1, 2, 6])
+    ints = MTMHead(8, 4, feature_frequencies=counts, field_offsets=[0, 2, 4], nce="corrected")
+    assert torch.allclose(ints.noise_log_prob.exp(), torch.tensor([0.75, 0.25, 0.25, 0.75]))
+
+
+def test_reference_projection_default_dropout_is_the_references():
+    from flip_ctr.models.alignment import ResidualLayerNormProjection
+
+    assert ResidualLayerNormProjection(4, 4).dropout.p == 0.2
+
+
+def test_icl_temperature_dropout_and_input_dtype():
+    assert ICLHead(4, 4).temperature == 0.7  # the paper's τ
+    with pytest.raises(ValueError, match="^temperature must be positive, got 0$"):
+        ICLHead(4, 4, temperature=0)
+    assert ICLHead(4, 4, projection="layernorm", dropout=0.5).text_proj.dropout.p == 0.5
+    torch.manual_seed(0)
+    head = ICLHead(6, 4, proj_dim=3)
+    text, tab = torch.randn(5, 6), torch.randn(5, 4)
+    for got, expected in zip(head.project(text.double(), tab.double()), head.project(text, tab)):
+        assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-6)  # cast to the towers' dtype

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import polars as pl
 
+# the statistics live in report_stats; paired_t_test is imported from here by scripts/write_flip_ab_results.py
+from flip_ctr.report_stats import Group, paired_t_test, seed_statistics  # noqa: F401
 from flip_ctr.train import STRATEGY_LABELS
 
 log = logging.getLogger(__name__)
@@ -152,72 +154,7 @@ def failed_jobs(dirs: list[Path]) -> list[str]:
     return [line for f in files for line in f.read_text().splitlines() if line.strip()]
 
 
-# ----------------------------------------------------------------------------- statistics
-def paired_t_test(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Two-sided paired t-test; returns (t, p). p from the Student t CDF (scipy if present)."""
-    diffs = [x - y for x, y in zip(a, b)]
-    n = len(diffs)
-    if n < 2:
-        return float("nan"), float("nan")
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    if sd == 0:
-        return (math.inf if mean > 0 else -math.inf if mean < 0 else float("nan")), 0.0 if mean else float("nan")
-    t = mean / (sd / math.sqrt(n))
-    try:
-        from scipy import stats
-
-        p = float(2 * stats.t.sf(abs(t), n - 1))
-    except ImportError:  # pragma: no cover - scipy ships with the dev extras
-        p = float("nan")
-    return t, p
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
-class Group:
-    """The runs of one table cell group: metrics by seed."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-        self.auc = {r["seed"]: r["auc"] for r in rows}
-        self.logloss = {r["seed"]: r["logloss"] for r in rows}
-
-    def stats(self) -> dict:
-        auc_mean, auc_std = _mean_std([r["auc"] for r in self.rows])
-        ll_mean, ll_std = _mean_std([r["logloss"] for r in self.rows])
-        val = [r["val_auc"] for r in self.rows if r.get("val_auc") is not None]
-        return {
-            "seeds": len(self.rows),
-            "auc_mean": auc_mean,
-            "auc_std": auc_std,
-            "logloss_mean": ll_mean,
-            "logloss_std": ll_std,
-            "val_auc_mean": _mean_std(val)[0] if val else None,
-        }
-
-    def compare(self, base: "Group | None") -> dict:
-        if base is None or base is self:
-            return {"auc_rel_impr_pct": None, "p_paired_t": None, "baseline_seeds": None, "auc_diff_mean": None, "auc_diff_std": None}
-        mine, theirs = self.stats()["auc_mean"], base.stats()["auc_mean"]
-        seeds = sorted(set(self.auc) & set(base.auc), key=str)
-        p = paired_t_test([self.auc[s] for s in seeds], [base.auc[s] for s in seeds])[1] if len(seeds) >= 2 else None
-        # the paired differences themselves (same seed, this group minus the baseline)
-        diff_mean, diff_std = _mean_std([self.auc[s] - base.auc[s] for s in seeds]) if seeds else (None, None)
-        return {
-            "auc_rel_impr_pct": 100.0 * (mine - theirs) / theirs,
-            "p_paired_t": p,
-            "baseline_seeds": len(seeds),
-            "auc_diff_mean": diff_mean,
-            "auc_diff_std": diff_std,
-        }
-
-
+# ----------------------------------------------------------------------------- grouping
 def _groups(frame: pl.DataFrame, keys: list[str]) -> dict[tuple, Group]:
     grouped: dict[tuple, list[dict]] = defaultdict(list)
     for r in frame.iter_rows(named=True):
@@ -251,22 +188,11 @@ def _find_baseline(
 
 
 # ----------------------------------------------------------------------------- the default table
-def _seed_statistics() -> list[pl.Expr]:
-    """Per group of runs: how many seeds, and mean ± std (sample std; 0 for one seed) of AUC and Logloss."""
-    return [
-        pl.len().alias("seeds"),
-        pl.col("auc").mean().alias("auc_mean"),
-        pl.col("auc").std().fill_null(0.0).alias("auc_std"),
-        pl.col("logloss").mean().alias("logloss_mean"),
-        pl.col("logloss").std().fill_null(0.0).alias("logloss_std"),
-    ]
-
-
 def summarize(frame: pl.DataFrame, baseline: str | None = None) -> pl.DataFrame:
     keys = ["dataset", "model", "recipe", "ablation", "protocol"]
     summary = (
         frame.group_by(keys, maintain_order=True)
-        .agg(*_seed_statistics())
+        .agg(*seed_statistics())
         .sort(keys)
     )
     if baseline is None:
@@ -435,7 +361,7 @@ def sweep_points(frame: pl.DataFrame, param: str) -> pl.DataFrame:
         return sub
     points = (
         sub.group_by(["dataset", "model", param])
-        .agg(*_seed_statistics())
+        .agg(*seed_statistics())
         .sort(["dataset", "model", param])
     )
     varied = points.group_by(["dataset", "model"]).agg(pl.col(param).n_unique().alias("n")).filter(pl.col("n") >= 2)

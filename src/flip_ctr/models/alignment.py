@@ -277,10 +277,6 @@ class MTMHead(nn.Module):
         self.register_buffer("noise_weights", weights.float(), persistent=False)
         log_q = self._log_noise_probabilities(weights)
         self.register_buffer("noise_log_prob", log_q.float(), persistent=False)
-        field_of_feature = torch.repeat_interleave(
-            torch.arange(self.num_fields), torch.tensor([b - a for a, b in zip(offsets, offsets[1:])])
-        )
-        self.register_buffer("field_of_feature", field_of_feature, persistent=False)
 
         # Output layer rows (M-way layer of Eq. 8, factorised).
         self.output_embedding = nn.Embedding(num_features, hidden_dim)
