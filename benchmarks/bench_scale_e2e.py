@@ -164,24 +164,28 @@ def main(argv=None) -> None:
     machine["loadavg_start"], machine["busy_processes_start"] = loadavg(), busy_processes()
     res = {"command": command_line(), "date": now(), "args": vars(args), "machine": machine, "phases": {}}
     phases = res["phases"]
-    phases["generate"] = child_phase("generate", a, log)
-    for entry in (work / "cache").glob("synthetic_goodreads-*"):  # a cold build: drop an earlier artifact
-        shutil.rmtree(entry)
-    phases["preprocess"] = child_phase("preprocess", a, log)
-    common = [*data_overrides(a), f"num_threads={args.threads}", f"data.num_workers={args.workers}"]
-    if "train_id" not in args.skip:
-        phases["train_id"] = cli_phase("train_id", [
-            *common, "id_model=dcnv2_mix", "id_recipe=ours", f"stage.optimizer={args.id_optimizer}",
-            f"stage.batch_size={args.id_batch}", "stage.max_epochs=1", "protocol=holdout", "data.eval_batch_size=8192",
-        ], work / "runs" / "train_id", log)
-    pretrain = [*common, "stage=pretrain", "plm.keep_layers=1", "stage.freeze_plm=true", "stage.max_epochs=1",
-                f"stage.batch_size={args.pretrain_batch}"]
-    if "pretrain" not in args.skip:
-        phases["pretrain"] = cli_phase("pretrain", [*pretrain, f"stage.limit_train_batches={args.pretrain_batches}"],
-                                       work / "runs" / "pretrain", log)
-    if "pretrain_cached" not in args.skip:
-        phases["pretrain_cached"] = cli_phase("pretrain_cached", [*pretrain, f"stage.limit_train_batches={max(12, args.pretrain_batches // 2)}"],
-                                              work / "runs" / "pretrain_cached", log)
+    try:  # a failed phase (an OOM kill, say) still leaves the finished phases in the results
+        phases["generate"] = child_phase("generate", a, log)
+        for entry in (work / "cache").glob("synthetic_goodreads-*"):  # a cold build: drop an earlier artifact
+            shutil.rmtree(entry)
+        phases["preprocess"] = child_phase("preprocess", a, log)
+        common = [*data_overrides(a), f"num_threads={args.threads}", f"data.num_workers={args.workers}"]
+        if "train_id" not in args.skip:
+            phases["train_id"] = cli_phase("train_id", [
+                *common, "id_model=dcnv2_mix", "id_recipe=ours", f"stage.optimizer={args.id_optimizer}",
+                f"stage.batch_size={args.id_batch}", "stage.max_epochs=1", "protocol=holdout", "data.eval_batch_size=8192",
+            ], work / "runs" / "train_id", log)
+        pretrain = [*common, "stage=pretrain", "plm.keep_layers=1", "stage.freeze_plm=true", "stage.max_epochs=1",
+                    f"stage.batch_size={args.pretrain_batch}"]
+        if "pretrain" not in args.skip:
+            phases["pretrain"] = cli_phase("pretrain", [*pretrain, f"stage.limit_train_batches={args.pretrain_batches}"],
+                                           work / "runs" / "pretrain", log)
+        if "pretrain_cached" not in args.skip:
+            phases["pretrain_cached"] = cli_phase("pretrain_cached", [*pretrain, f"stage.limit_train_batches={max(12, args.pretrain_batches // 2)}"],
+                                                  work / "runs" / "pretrain_cached", log)
+    except SystemExit as err:
+        res["failed"] = str(err)
+        log(f"stopped: {err}")
     finish_run(res, t_start, markdown, args)
 
 
@@ -196,6 +200,8 @@ def _metrics(phase: dict) -> dict:
 def markdown(res: dict) -> str:
     parts = header_lines("Scale end to end: synthetic GoodReads-shaped table through the flip-ctr commands", res)
     ph = res["phases"]
+    if res.get("failed"):
+        parts += ["", f"**Stopped early: {res['failed']}**"]
     prep = ph["preprocess"]["child"]
     parts += [
         "", f"{prep['rows']:,} rows ({prep['num_fit']:,} fit / {prep['num_val']:,} val / {prep['num_test']:,} test), "
