@@ -52,7 +52,7 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _short_hash(payload: object) -> str:
+def short_hash(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -117,8 +117,8 @@ def locate(cache_dir: Path, dataset: str, options: dict, files: list[Path], spli
         "split": split,
         "files": [f["path"] for f in files_info],
     }
-    request_key = _short_hash(request)
-    key = _short_hash({"request": request_key, "sha256": [f["sha256"] for f in files_info]})
+    request_key = short_hash(request)
+    key = short_hash({"request": request_key, "sha256": [f["sha256"] for f in files_info]})
     source = {**request, "request_key": request_key, "files": files_info}
     return CacheEntry(Path(cache_dir) / f"{dataset}-{key}", request_key, source)
 

@@ -311,12 +311,12 @@ def cached_text_pieces(
     (``<artifact>/text_pieces/<key>/``, key = tokenizer fingerprint, ``max_value_tokens``, field
     names: the values themselves are the artifact's); later runs memory-map them. A damaged or
     outdated copy is rebuilt with a warning, as the artifact is."""
+    from flip_ctr.data.cache import short_hash
     from flip_ctr.data.preprocess import StaleCacheError
 
     key = {"format": TEXT_PIECES_FORMAT, "tokenizer": tokenizer_fingerprint(tokenizer), "max_value_tokens": max_value_tokens,
            "fields": list(field_names)}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    directory = Path(artifact_dir) / "text_pieces" / digest
+    directory = Path(artifact_dir) / "text_pieces" / short_hash(key)
     if (directory / "pieces.json").is_file():
         try:
             pieces = TextPieces.load(directory, max_length)

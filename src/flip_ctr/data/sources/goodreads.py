@@ -236,13 +236,7 @@ def _ndjson_chunks(path: Path, chunk_bytes: int):
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
             while lines := fh.readlines(chunk_bytes):
                 raw = b"".join(lines)
-                if not raw.endswith(b"\n"):  # only the last line can lack one: the file was cut short
-                    last = raw[raw.rfind(b"\n") + 1 :].decode("latin-1")
-                    last_line = line + raw.count(b"\n")
-                    raise DataError(
-                        f"{path} line {last_line}: the file does not end with a newline, so its last line may "
-                        f"be truncated (it ends with {last[-60:]!r}); if the file is complete, add the missing final newline"
-                    )
+                require_final_newline(raw, path, first_line=line)  # only the last chunk can lack one
                 seen_data = seen_data or bool(raw.strip())
                 yield raw, line
                 line += len(lines)
@@ -444,17 +438,15 @@ def goodreads_table(
     (key: the files' paths, sizes and modification times) one chunk of interaction lines at a
     time, so the interactions are never whole in memory (the books and authors files are: one
     row per book). Same checks, same errors (with line numbers) as :func:`load_goodreads`."""
-    import hashlib
-
     import yaml
 
     from flip_ctr.atomic import atomic_directory
-    from flip_ctr.data.cache import default_cache_dir
+    from flip_ctr.data.cache import default_cache_dir, short_hash
 
     inter_path, books_path, *authors = goodreads_files(data_dir, interactions_file, books_file, authors_file)
     authors_path = authors[0] if authors else None
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in [inter_path, books_path, *authors]]
-    key = hashlib.sha256(json.dumps([GOODREADS_TABLE_FORMAT, stamp]).encode()).hexdigest()[:16]
+    key = short_hash([GOODREADS_TABLE_FORMAT, stamp])
     out = Path(cache_dir or default_cache_dir()) / "goodreads_tables" / key
     if (out / "schema.yaml").is_file():
         return out / "table", out / "schema.yaml"

@@ -127,12 +127,13 @@ def decode_text(raw: bytes, path: Path, encoding: str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def require_final_newline(raw: bytes, path: Path) -> None:
+def require_final_newline(raw: bytes, path: Path, first_line: int = 1) -> None:
     """A text file that does not end with a newline may have been cut short (a partial copy or
-    download): its last line would be read as a complete, but wrong, record."""
+    download): its last line would be read as a complete, but wrong, record. ``raw`` may be the
+    file's last chunk, starting at line ``first_line``."""
     if raw.endswith(b"\n"):
         return
-    line = raw.count(b"\n") + 1
+    line = raw.count(b"\n") + first_line
     last = raw[raw.rfind(b"\n") + 1 :].decode("latin-1")
     raise DataError(
         f"{path} line {line}: the file does not end with a newline, so its last line may be truncated "
