@@ -63,9 +63,37 @@ def test_sparse_table_whose_every_row_is_used_every_step_equals_dense_adam():
     torch.testing.assert_close(lazy, dense, rtol=0, atol=1e-7)
 
 
+def test_dense_parameters_with_weight_decay_follow_torch_adamw():
+    torch.manual_seed(4)
+    start = torch.randn(6, 4)
+    grads = [torch.randn(6, 4) for _ in range(5)]
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    _steps(LazyAdam([ours], lr=0.05, weight_decay=0.3), ours, grads)
+    _steps(torch.optim.AdamW([theirs], lr=0.05, weight_decay=0.3, foreach=False), theirs, grads)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)
+    # the decay is really applied: without it the result is another one
+    plain = start.clone().requires_grad_()
+    _steps(LazyAdam([plain], lr=0.05), plain, grads)
+    assert (plain - ours).abs().max() > 1e-3
+
+
+def test_sparse_table_with_weight_decay_decays_only_the_rows_it_used():
+    torch.manual_seed(5)
+    start = torch.randn(8, 3)
+    # every step uses rows 0..4 (each at least once), never 5..7
+    batches = [(torch.cat([torch.arange(5), torch.randint(0, 5, (3,))]), torch.randn(8, 3)) for _ in range(4)]
+    lazy, _ = _table_steps(LazyAdam, start, batches, lr=0.05, weight_decay=0.5)
+    # rows 0..4 took every step: the oracle is torch AdamW on those rows alone
+    used, _ = _table_steps(torch.optim.AdamW, start[:5], batches, sparse=False, lr=0.05, weight_decay=0.5, foreach=False)
+    torch.testing.assert_close(lazy[:5], used, rtol=0, atol=1e-6)
+    assert torch.equal(lazy[5:], start[5:])  # dense AdamW would have shrunk them by (1 - 0.025) a step
+
+
 def test_bad_hyperparameters_are_refused():
     with pytest.raises(ValueError, match="betas"):
         LazyAdam([torch.zeros(1, requires_grad=True)], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="weight_decay=-0.1"):
+        LazyAdam([torch.zeros(1, requires_grad=True)], weight_decay=-0.1)
 
 
 def _dcnv2(num_features=30, linear_term=True):

@@ -536,3 +536,40 @@ def test_pretraining_optimizer_groups_and_cosine_schedule(dm):  # noqa: F811
     frozen._trainer = SimpleNamespace(estimated_stepping_batches=10)
     frozen_params = [p for g in frozen.configure_optimizers()["optimizer"].param_groups for p in g["params"]]
     assert not any(p is q for p in frozen_params for q in frozen.plm.parameters())  # a frozen PLM is not optimised
+
+
+def test_lazy_adamw_pretraining_updates_only_the_rows_of_the_batch(dm, batch):
+    """stage.optimizer=lazy_adamw: the ID tables and MTM's output table get sparse gradients; after
+    one step every used row and every dense parameter equals AdamW's, while the unused rows of the
+    sparse tables keep their values (AdamW's decoupled decay shrinks them by 1 - lr * wd)."""
+    from types import SimpleNamespace
+
+    kw = dict(freeze_plm=True, id_lr=1e-2, weight_decay=0.1)
+    dense, lazy = pretrain_module(dm, {}, **kw).eval(), pretrain_module(dm, {}, optimizer="lazy_adamw", **kw).eval()
+    start = {k: v.clone() for k, v in dense.state_dict().items()}
+    assert all(torch.equal(v, lazy.state_dict()[k]) for k, v in start.items())
+    tables = ["id_model.embedding.weight", "mtm.output_embedding.weight"]
+    used_rows = {}
+    for module in (dense, lazy):
+        module._trainer = SimpleNamespace(estimated_stepping_batches=10)
+        optimizer = module.configure_optimizers()["optimizer"]
+        module.compute_losses(batch, gen(3))["loss"].backward()
+        params = dict(module.named_parameters())
+        assert [params[t].grad.is_sparse for t in tables] == [module is lazy] * 2
+        if module is lazy:
+            used_rows = {t: params[t].grad.coalesce().indices()[0] for t in tables}
+        optimizer.step()
+    after_dense, after_lazy = dense.state_dict(), lazy.state_dict()
+    for name in tables:
+        used = torch.zeros(len(start[name]), dtype=torch.bool)
+        used[used_rows[name]] = True
+        assert 0 < used.sum() < len(used), name
+        torch.testing.assert_close(after_lazy[name][used], after_dense[name][used], rtol=0, atol=1e-6)
+        assert torch.equal(after_lazy[name][~used], start[name][~used]), name
+        torch.testing.assert_close(after_dense[name][~used], start[name][~used] * (1 - 1e-2 * 0.1), rtol=0, atol=1e-7)
+    assert set(batch["feature_ids"].unique().tolist()) <= set(used_rows["id_model.embedding.weight"].tolist())
+    for name, value in after_dense.items():
+        if name not in tables:
+            torch.testing.assert_close(after_lazy[name], value, rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="'adamw'.*'lazy_adamw'.*got 'lazy_adam'"):
+        pretrain_module(dm, {}, optimizer="lazy_adam")

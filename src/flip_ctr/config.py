@@ -161,7 +161,6 @@ STAGE_RULES: dict[str, Check] = {
     "train_split": one_of("fit", "train"),
     "freeze_plm": boolean,
     "text_encoding": one_of("row", "per_field"),
-    "optimizer": one_of("adam", "lazy_adam"),
 }
 
 
@@ -266,6 +265,9 @@ def validate_config(cfg: DictConfig) -> None:
     check_protocol(cfg)
     for prefix in _stage_prefixes(cfg):
         _check_group(cfg, prefix, STAGE_RULES)
+        # pretraining's optimizer is AdamW (paper §V-A4), the CTR stages' Adam (the reference's)
+        pretraining = OmegaConf.select(cfg, f"{prefix}.name") == "pretrain"
+        _check_group(cfg, prefix, {"optimizer": one_of(*(("adamw", "lazy_adamw") if pretraining else ("adam", "lazy_adam")))})
         _check_text_encoding(cfg, prefix)
     _check_strategies(cfg)
 

@@ -140,6 +140,7 @@ def build_pretrain(cfg, stage, datamodule, stage_dir):
         freeze_plm=stage.get("freeze_plm", False),
         text_encoding=stage.get("text_encoding", "row"),
         text_pieces=datamodule.text,
+        optimizer=stage.get("optimizer", "adamw"),
     )
 
 

@@ -39,6 +39,7 @@ from flip_ctr.models.alignment import (
 )
 from flip_ctr.models.field_text_states import TEXT_ENCODINGS, FieldTextStates, per_field_encoding_problem
 from flip_ctr.stages.checkpoints import HEADS_FILE, save_aligned, save_heads
+from flip_ctr.stages.lazy_adam import LazyAdam, use_sparse_embedding_gradients
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,15 @@ class AlignmentPretrainModule(L.LightningModule):
         freeze_plm: bool = False,
         text_encoding: str = "row",
         text_pieces=None,
+        optimizer: str = "adamw",
     ) -> None:
         super().__init__()
         check_choice("text_encoding", text_encoding, TEXT_ENCODINGS)
+        if optimizer not in ("adamw", "lazy_adamw"):
+            raise ValueError(
+                f"stage.optimizer for pretraining must be 'adamw' (the paper's and the reference's) or 'lazy_adamw' "
+                f"(only the batch's rows of the feature tables update), got {optimizer!r}"
+            )
         cfg = alignment if isinstance(alignment, AlignmentConfig) else AlignmentConfig(**(alignment or {}))
         if not (cfg.use_mlm or cfg.use_mtm or cfg.use_icl):
             raise ValueError("alignment pretraining with MLM, MTM and ICL all disabled: use ablation=no_pretrain instead")
@@ -158,6 +165,14 @@ class AlignmentPretrainModule(L.LightningModule):
             self.icl = ICLHead(
                 text_dim=d_text, id_dim=d_tab, proj_dim=cfg.icl_dim, temperature=cfg.temperature, projection=cfg.icl_projection
             )
+        # lazy_adamw: the ID model's feature tables and MTM's output table get sparse gradients,
+        # and only the rows of the batch update (flip_ctr.stages.lazy_adam): with millions of
+        # features, dense AdamW's gradient and two moments of the MTM table alone are 12 GiB.
+        self.optimizer = optimizer
+        if optimizer == "lazy_adamw":
+            use_sparse_embedding_gradients(id_model)
+            if cfg.use_mtm:
+                self.mtm.output_embedding.sparse = True
         self.save_hyperparameters(ignore=["id_model", "plm", "feature_frequencies", "text_pieces"])
 
     # -- masking -----------------------------------------------------------------------------
@@ -247,7 +262,8 @@ class AlignmentPretrainModule(L.LightningModule):
         self.log_dict({f"pretrain_val/{k}": v for k, v in losses.items()}, sync_dist=True)
 
     def configure_optimizers(self):
-        """AdamW with cosine decay (paper §V-A4); optional linear warm-up."""
+        """AdamW with cosine decay (paper §V-A4); optional linear warm-up. ``lazy_adamw``: the same
+        groups, learning rates and decoupled decay, with lazy rows for the sparse tables."""
         groups: dict[tuple[bool, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
@@ -255,7 +271,8 @@ class AlignmentPretrainModule(L.LightningModule):
                 no_decay = p.ndim < 2 or "LayerNorm" in name or "norm" in name
                 groups.setdefault((is_plm, no_decay), []).append(p)
         other_lr = self.id_lr if self.id_lr is not None else self.lr
-        optimizer = torch.optim.AdamW(
+        optimizer_cls = LazyAdam if self.optimizer == "lazy_adamw" else torch.optim.AdamW
+        optimizer = optimizer_cls(
             [
                 {"params": params, "lr": self.lr if is_plm else other_lr, "weight_decay": 0.0 if no_decay else self.weight_decay}
                 for (is_plm, no_decay), params in groups.items()
