@@ -126,36 +126,46 @@ class TreeMemoryMonitor:
     in a thread; ``peak_mib`` is the largest sum seen (RSS counts resident pages of
     memory-mapped files too, so it is an upper bound on the anonymous memory used).
 
+    Summed RSS counts a page shared by a parent and its forked DataLoader workers once per
+    process, so it overstates a tree with workers. ``peak_pss_mib`` sums PSS instead (a shared
+    page split between its sharers: the tree's real share of memory), sampled every
+    ``pss_every`` samples because reading smaps_rollup walks the whole address space.
+
     Sampling misses spikes shorter than ``interval``; the per-process ``ru_maxrss`` of the
     root (exact, kernel-tracked) is reported next to it by :func:`run_monitored`.
     """
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
+    def __init__(self, pid: int, interval: float = 0.05, pss_every: int = 20) -> None:
+        self.pid, self.interval, self.pss_every = pid, interval, pss_every
         self.peak_bytes = 0
+        self.peak_pss_bytes = 0
         self.peak_processes = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self, pss: bool) -> tuple[int, int]:
         import psutil
 
         try:
             root = psutil.Process(self.pid)
             procs = [root] + root.children(recursive=True)
         except psutil.Error:
-            return 0
-        total = 0
+            return 0, 0
+        rss_total = pss_total = 0
         for p in procs:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+                rss_total += p.memory_info().rss
+                if pss:
+                    pss_total += p.memory_full_info().pss
         self.peak_processes = max(self.peak_processes, len(procs))
-        return total
+        return rss_total, pss_total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            rss, pss = self._sample(pss=self.samples % self.pss_every == 0)
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             self.samples += 1
             self._stop.wait(self.interval)
 
@@ -170,6 +180,10 @@ class TreeMemoryMonitor:
     @property
     def peak_mib(self) -> float:
         return self.peak_bytes / 2**20
+
+    @property
+    def peak_pss_mib(self) -> float:
+        return self.peak_pss_bytes / 2**20
 
 
 def run_monitored(cmd: list[str], env: dict | None = None, interval: float = 0.05, echo: bool = True, stderr=None) -> dict:
@@ -191,6 +205,7 @@ def run_monitored(cmd: list[str], env: dict | None = None, interval: float = 0.0
         "rc": proc.returncode,
         "wall_s": time.perf_counter() - t0,
         "peak_tree_rss_mib": mon.peak_mib,
+        "peak_tree_pss_mib": mon.peak_pss_mib,
         "peak_tree_processes": mon.peak_processes,
         # ru_maxrss of a child includes the parent's RSS at fork (kept across exec): an upper
         # bound only; children report their own VmHWM in their JSON line ("vm_hwm_mib").

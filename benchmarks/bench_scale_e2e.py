@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--id-batch", type=int, default=2048, help="the paper's GoodReads batch size")
     p.add_argument("--id-optimizer", default="lazy_adam", choices=["adam", "lazy_adam"])
+    # lazy_adamw: dense AdamW's gradient and moments of MTM's output table (4.4M x 256) and the ID
+    # table need ~12 GiB more than lazy rows; with them the 20M-row slice was OOM-killed (22 GB)
+    p.add_argument("--pretrain-optimizer", default="lazy_adamw", choices=["adamw", "lazy_adamw"])
     p.add_argument("--pretrain-batches", type=int, default=20)
     p.add_argument("--pretrain-batch", type=int, default=1024)
     p.add_argument("--skip", nargs="*", default=[], choices=["train_id", "pretrain", "pretrain_cached"])
@@ -114,7 +117,8 @@ def run_phase(name: str, cmd: list[str], log, stderr=None) -> dict:
     r["command"] = " ".join(["flip-ctr", *cmd[3:]] if cmd[:3] == FLIP_CTR else cmd[2:])
     if r["rc"] != 0:
         raise SystemExit(f"phase {name} failed (rc={r['rc']}); see {getattr(stderr, 'name', 'the output above')}")
-    log(f"[{name}] {r['wall_s']:.1f}s wall, peak tree RSS {r['peak_tree_rss_mib']:.0f} MiB ({r['peak_tree_processes']} processes)")
+    log(f"[{name}] {r['wall_s']:.1f}s wall, peak tree RSS {r['peak_tree_rss_mib']:.0f} MiB, PSS {r['peak_tree_pss_mib']:.0f} MiB "
+        f"({r['peak_tree_processes']} processes)")
     return r
 
 
@@ -176,7 +180,7 @@ def main(argv=None) -> None:
                 f"stage.batch_size={args.id_batch}", "stage.max_epochs=1", "protocol=holdout", "data.eval_batch_size=8192",
             ], work / "runs" / "train_id", log)
         pretrain = [*common, "stage=pretrain", "plm.keep_layers=1", "stage.freeze_plm=true", "stage.max_epochs=1",
-                    f"stage.batch_size={args.pretrain_batch}"]
+                    f"stage.batch_size={args.pretrain_batch}", f"stage.optimizer={args.pretrain_optimizer}"]
         if "pretrain" not in args.skip:
             phases["pretrain"] = cli_phase("pretrain", [*pretrain, f"stage.limit_train_batches={args.pretrain_batches}"],
                                            work / "runs" / "pretrain", log)
@@ -187,6 +191,10 @@ def main(argv=None) -> None:
         res["failed"] = str(err)
         log(f"stopped: {err}")
     finish_run(res, t_start, markdown, args)
+
+
+def _pss(phase: dict) -> str:
+    return fmt_num(phase["peak_tree_pss_mib"] / 1024, 2) if "peak_tree_pss_mib" in phase else "n/a"
 
 
 def _speed(phase: dict) -> dict:
@@ -210,18 +218,18 @@ def markdown(res: dict) -> str:
     ]
     rows = []
     gen = ph["generate"]
-    rows.append(["generate the table", "`" + gen["command"] + "`", fmt_num(gen["wall_s"], 1), "", fmt_num(gen["peak_tree_rss_mib"] / 1024, 2),
+    rows.append(["generate the table", "`" + gen["command"] + "`", fmt_num(gen["wall_s"], 1), "", fmt_num(gen["peak_tree_rss_mib"] / 1024, 2), _pss(gen),
                  gen["loadavg_before"], gen["loadavg_after"]])
     rows.append(["preprocess (streaming, cold)", "`" + ph["preprocess"]["command"] + "`", fmt_num(ph["preprocess"]["wall_s"], 1),
                  f"{prep['rows'] / prep['seconds']:,.0f} rows/s (build {prep['seconds']:.0f} s, read back + verify {prep['read_back_verified_s']:.1f} s)",
-                 fmt_num(ph["preprocess"]["peak_tree_rss_mib"] / 1024, 2), ph["preprocess"]["loadavg_before"], ph["preprocess"]["loadavg_after"]])
+                 fmt_num(ph["preprocess"]["peak_tree_rss_mib"] / 1024, 2), _pss(ph["preprocess"]), ph["preprocess"]["loadavg_before"], ph["preprocess"]["loadavg_after"]])
     if "train_id" in ph:
         t, s, m = ph["train_id"], _speed(ph["train_id"]), _metrics(ph["train_id"])
         rows.append(["DCN-Mix, 1 epoch on fit, batch 2048", "(below)", fmt_num(m.get("fit_seconds"), 1),
                      f"{s.get('samples_per_second', 0):,.0f} samples/s (training loop; validation {s.get('validation_seconds', 0):.0f} s)",
-                     fmt_num(t["peak_tree_rss_mib"] / 1024, 2), t["loadavg_before"], t["loadavg_after"]])
+                     fmt_num(t["peak_tree_rss_mib"] / 1024, 2), _pss(t), t["loadavg_before"], t["loadavg_after"]])
         rows.append(["full test evaluation (streamed AUC/Logloss)", "(same run)", fmt_num(s.get("test_seconds"), 1),
-                     f"{s.get('test_samples_per_second', 0):,.0f} samples/s over {s.get('test_samples', 0):,} rows", "(same run)", "", ""])
+                     f"{s.get('test_samples_per_second', 0):,.0f} samples/s over {s.get('test_samples', 0):,} rows", "(same run)", "(same run)", "", ""])
     for key, label in (("pretrain", "FLIP pretraining slice (builds text pieces)"), ("pretrain_cached", "FLIP pretraining slice again (text pieces memory-mapped)")):
         if key in ph:
             p, s = ph[key], _speed(ph[key])
@@ -229,8 +237,11 @@ def markdown(res: dict) -> str:
             how = f"text pieces built in {build['seconds']:.0f} s ({build['values']:,} values)" if build else (
                 "text pieces read from the artifact" if p["text_pieces_cached"] else "")
             rows.append([label, "(below)", fmt_num(p["wall_s"], 1), f"{s.get('samples_per_second', 0):,.0f} samples/s; {how}",
-                         fmt_num(p["peak_tree_rss_mib"] / 1024, 2), p["loadavg_before"], p["loadavg_after"]])
-    parts.append(fmt_table(["phase", "command", "wall s", "throughput", "peak RSS GiB (process tree)", "load before", "load after"], rows))
+                         fmt_num(p["peak_tree_rss_mib"] / 1024, 2), _pss(p), p["loadavg_before"], p["loadavg_after"]])
+    parts.append(fmt_table(["phase", "command", "wall s", "throughput", "peak RSS GiB (process tree, summed)",
+                            "peak PSS GiB (process tree)", "load before", "load after"], rows))
+    parts += ["", "Summed RSS counts pages a process shares with its forked DataLoader worker once per process; "
+              "PSS splits them between the sharers: the tree's real share of the machine's memory."]
     parts += ["", "Commands (each a fresh process; `<cache>` = `" + res["args"]["work_dir"] + "/cache`):", ""]
     for key in ("train_id", "pretrain", "pretrain_cached"):
         if key in ph:
