@@ -214,7 +214,7 @@ def test_linear_term_switch(name, linear_term):
     if not linear_term:
         return
     before = model(ids)[1].detach().clone()
-    table = params[0]
+    table = next(p for p in params if p.ndim == 2)  # the per-feature weights (the other one is the bias)
     with torch.no_grad():  # a weight on one feature of field 0 moves exactly the rows that have it
         table[ids[0, 0]] += 1.5
     after = model(ids)[1].detach()

@@ -22,28 +22,42 @@ from torch.nn import functional as F
 EMBEDDING_INIT_STD = 1e-2
 
 
-class FeatureEmbedding(nn.Module):
+class _FeatureTable(nn.Embedding):
+    """A table with one row per feature plus the ``<MASK>`` row. An ``nn.Embedding`` so that
+    DDP sees ``sparse`` and all-reduces a sparse gradient as one (it checks for that class);
+    ``sparse_gradients`` (set by :func:`flip_ctr.stages.lazy_adam.use_sparse_embedding_gradients`)
+    makes the gradient hold only the batch's rows."""
+
+    def __init__(self, weight: torch.Tensor):
+        # _weight: nn.Embedding's own initialisation is skipped (it would draw from the RNG)
+        super().__init__(weight.shape[0], weight.shape[1], _weight=weight)
+
+    @property
+    def sparse_gradients(self) -> bool:
+        return self.sparse
+
+    @sparse_gradients.setter
+    def sparse_gradients(self, value: bool) -> None:
+        self.sparse = bool(value)
+
+
+class FeatureEmbedding(_FeatureTable):
     """One embedding table for all fields: ``[B, F]`` global ids -> ``[B, F, D]``.
 
     ``weight`` has ``num_features + 1`` rows; the last one is the ``<MASK>`` feature.
-    ``sparse_gradients`` (set by :func:`flip_ctr.stages.lazy_adam.use_sparse_embedding_gradients`)
-    makes its gradient hold only the batch's rows.
     """
 
-    sparse_gradients = False
-
     def __init__(self, num_features: int, embedding_dim: int, init_std: float = EMBEDDING_INIT_STD):
-        super().__init__()
         if num_features <= 0 or embedding_dim <= 0:
             raise ValueError(f"num_features and embedding_dim must be positive, got {num_features}, {embedding_dim}")
+        weight = torch.empty(num_features + 1, embedding_dim)
+        nn.init.normal_(weight, std=init_std)
+        super().__init__(weight)
         self.num_features = num_features
-        self.embedding_dim = embedding_dim
         self.mask_feature_id = num_features
-        self.weight = nn.Parameter(torch.empty(num_features + 1, embedding_dim))
-        nn.init.normal_(self.weight, std=init_std)
 
     def forward(self, feature_ids: torch.LongTensor) -> torch.Tensor:
-        return F.embedding(feature_ids, self.weight, sparse=self.sparse_gradients)
+        return F.embedding(feature_ids, self.weight, sparse=self.sparse)
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features} (+1 mask), embedding_dim={self.embedding_dim}"
@@ -54,17 +68,39 @@ class LinearTerm(nn.Module):
 
     Used by the models with a "wide"/linear part (Wide&Deep, DeepFM, xDeepFM, AFM).
     Zero init so the term starts neutral and the model starts from the deep part.
+    The table is a child module so that DDP, which takes every parameter of an ``nn.Embedding``
+    with ``sparse`` set for a sparse one, does not take the dense bias for one too.
     """
-
-    sparse_gradients = False  # as FeatureEmbedding's
 
     def __init__(self, num_features: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_features + 1, 1))
+        self.table = _FeatureTable(torch.zeros(num_features + 1, 1))
         self.bias = nn.Parameter(torch.zeros(()))
+        self._register_load_state_dict_pre_hook(_linear_term_table_key)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.table.weight
+
+    @property
+    def sparse_gradients(self) -> bool:
+        return self.table.sparse_gradients
+
+    @sparse_gradients.setter
+    def sparse_gradients(self, value: bool) -> None:
+        self.table.sparse_gradients = value
 
     def forward(self, feature_ids: torch.LongTensor) -> torch.Tensor:
-        return F.embedding(feature_ids, self.weight, sparse=self.sparse_gradients).sum(dim=(1, 2)) + self.bias
+        return self.table(feature_ids).sum(dim=(1, 2)) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.table.num_embeddings - 1} (+1 mask)"
+
+
+def _linear_term_table_key(state_dict, prefix, *args) -> None:
+    # checkpoints written before the table became a child module name it `<prefix>weight`
+    if prefix + "weight" in state_dict and prefix + "table.weight" not in state_dict:
+        state_dict[prefix + "table.weight"] = state_dict.pop(prefix + "weight")
 
 
 class MLP(nn.Module):
