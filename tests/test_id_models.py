@@ -280,3 +280,17 @@ def test_dcn_mix_short_fit_lowers_loss():
 def test_unknown_cross_type_is_refused():
     with pytest.raises(ValueError, match="cross_type"):
         small_model("dcnv2", cross_type="lowrank")
+
+
+def test_linear_term_loads_checkpoints_written_before_its_table_became_a_child_module():
+    torch.manual_seed(0)
+    model = small_model("deepfm", linear_term=True)
+    with torch.no_grad():
+        model.linear.weight.normal_()
+    state = model.state_dict()
+    assert "linear.table.weight" in state and "linear.weight" not in state
+    old = {("linear.weight" if k == "linear.table.weight" else k): v.clone() for k, v in state.items()}
+    torch.manual_seed(1)
+    fresh = small_model("deepfm", linear_term=True)
+    fresh.load_state_dict(old)  # strict: every key used, none missing
+    assert torch.equal(fresh.linear.weight, state["linear.table.weight"])
