@@ -17,6 +17,7 @@ is needed to exercise the serving path) on the ML-100K fixture is exported and s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,18 @@ import polars as pl
 import pytest
 import torch
 
+import fixture_cache
+import flip_ctr
 from flip_ctr import serving
+from test_datamodule import make_dm, write_ml100k_fixture
+
+# Imported at collection rather than in the first test that needs them: mutation testing forks
+# every mutant's test session from a process that has only collected the tests (~3 s a session).
+with contextlib.suppress(ImportError):
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+from flip_ctr.stages.finetune_id import FinetuneIDModule  # noqa: E402 - Lightning, for lightning_probs
 from flip_ctr.data.preprocess import FeatureSpace
 from flip_ctr.data.schema import DatasetSchema, Field
 
@@ -45,6 +57,19 @@ UNSEEN = {  # values that occur nowhere in the fixture
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    # the child imports the flip_ctr this test imported (a worktree on PYTHONPATH, or the copy
+    # mutation testing mutates), not whichever one the interpreter's installation points at
+    src = str(Path(flip_ctr.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", **extra}
+    # mutmut's stats pass (MUTANT_UNDER_TEST=stats) records calls in its own process only: a child
+    # would fail looking for its config, so it runs the code unmutated; a mutant's name passes on
+    if env.get("MUTANT_UNDER_TEST") == "stats":
+        del env["MUTANT_UNDER_TEST"]
+    return env
+
+
 def run_cli(*args: str, cwd: Path, light: tuple[str, ...] = ("transformers", "lightning", "torchmetrics")):
     # fails if the command imported one of `light` (FLIP_ID serves at ID-model cost)
     code = (
@@ -52,27 +77,53 @@ def run_cli(*args: str, cwd: Path, light: tuple[str, ...] = ("transformers", "li
         f"heavy = [m for m in {light!r} if m in sys.modules]; "
         "assert not heavy, f'imported {heavy}'"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = _subprocess_env(HYDRA_FULL_ERROR="1")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+
+
+# The fixture run: `flip-ctr train` with these overrides (+ data/cache/run paths) on the ML-100K fixture.
+TRAIN_OVERRIDES = ("stage=finetune_id", "stage.batch_size=32", "stage.max_epochs=2", "logger=none", "num_threads=1")
+
+
+def train_fixture_run(root: Path, data: Path) -> None:
+    """root/run: the trained run (last.ckpt diverged from best.ckpt); root/cache: its data cache."""
+    run = root / "run"
+    env = _subprocess_env()
+    env.pop("MUTANT_UNDER_TEST", None)  # training never runs mutated code (nor imports serving.py)
+    proc = subprocess.run(
+        # fails if training imported serving.py: the cached run must not depend on the module under test
+        [sys.executable, "-c", "import sys; from flip_ctr.cli import main; main(sys.argv[1:]); "
+         "assert 'flip_ctr.serving' not in sys.modules, 'training imported flip_ctr.serving'",
+         "train", f"data.data_dir={data}", f"data.cache_dir={root / 'cache'}", f"hydra.run.dir={run}", *TRAIN_OVERRIDES],
+        capture_output=True, text=True, timeout=300, cwd=root, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diverge_last_checkpoint(run / "checkpoints")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from test_datamodule import make_dm, write_ml100k_fixture
-
+    """One trained run. Built in the temp dir; with FLIP_CTR_TEST_FIXTURE_CACHE set (mutation
+    testing), built once into that cache and reused (tests/fixture_cache.py): the key covers the
+    fixture data, the overrides, and every flip_ctr file but serving.py, the module under test,
+    which training does not import (checked: the entry is built without it)."""
     root = tmp_path_factory.mktemp("serving")
     data = write_ml100k_fixture(root / "data" / "ml-100k")
-    run = root / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "flip_ctr.cli", "train", f"data.data_dir={data}", f"data.cache_dir={root / 'cache'}",
-         f"hydra.run.dir={run}", "stage=finetune_id", "stage.batch_size=32", "stage.max_epochs=2", "logger=none",
-         "num_threads=1"],
-        capture_output=True, text=True, timeout=120, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    diverge_last_checkpoint(run / "checkpoints")
+    if fixture_cache.cache_root() is None:
+        train_fixture_run(root, data)
+    else:
+        key = hashlib.sha256("\0".join([
+            fixture_cache.code_digest(exclude=["serving.py"]), fixture_cache.tree_digest(data), *TRAIN_OVERRIDES,
+        ]).encode()).hexdigest()
+
+        def build(entry: Path) -> None:
+            shutil.copytree(data, entry / "data" / "ml-100k")
+            train_fixture_run(entry, entry / "data" / "ml-100k")
+
+        root, _ = fixture_cache.cached_entry("serving-run", key, build)
+        data = root / "data" / "ml-100k"
     artifact = make_dm(data, root / "cache").artifact
-    return {"root": root, "run": run, "artifact": artifact}
+    return {"root": root, "run": root / "run", "artifact": artifact}
 
 
 def diverge_last_checkpoint(folder: Path) -> None:
@@ -108,7 +159,6 @@ def lightning_probs(run: Path, feature_ids: np.ndarray, name: str = "best.ckpt")
     from omegaconf import OmegaConf
 
     from flip_ctr.models.id import build_id_model
-    from flip_ctr.stages.finetune_id import FinetuneIDModule
 
     cfg = OmegaConf.load(run / "config.yaml")
     spec = {k: v for k, v in OmegaConf.to_container(cfg.id_model).items() if k != "_target_"}
