@@ -172,8 +172,10 @@ def write_report(results: list[dict]) -> None:
         "A mutant \"not run\" is one no test of the target reaches in mutmut's own process (mutmut only"
         " runs the tests it saw call the function): code exercised only in a subprocess.",
         "",
-        "| target | module | tests | mutants | killed | survived | of which killed by hand | of which equivalent | unexplained | not run | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "A mutant \"not judged\" is one the run had not reached when it was stopped (scripts/mutation_notes.md says why).",
+        "",
+        "| target | module | tests | mutants | killed | survived | of which killed by hand | of which equivalent | unexplained | not run | not judged | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["counts"]
@@ -185,7 +187,7 @@ def write_report(results: list[dict]) -> None:
         lines.append(
             f"| {r['target']} | `{r['module']}` | {', '.join(f'`{t}`' for t in r['tests'])} | {sum(c.values())} | "
             f"{c.get('killed', 0)} | {survived} | {by_hand} | {equivalent} | {survived - equivalent - by_hand} | "
-            f"{c.get('no tests', 0)} | {r['seconds'] or '-'} |"
+            f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['seconds'] or '-'} |"
         )
     if NOTES.is_file():
         lines += ["", NOTES.read_text().rstrip()]

@@ -268,8 +268,10 @@ def test_artifact_feature_ids_by_hand():
     assert artifact.feature_ids(slice(None)).dtype == np.int64
 
 
-def test_schema_round_trip_keeps_every_attribute():
-    schema = DatasetSchema("other", (Field("u", "user", "user"), Field("i", "item", "item")), label_column="clicked", time_column=None)
+@pytest.mark.parametrize("time_column", ["ts", None])
+def test_schema_round_trip_keeps_every_attribute(time_column):
+    schema = DatasetSchema("other", (Field("u", "user", "user"), Field("i", "item", "item")), label_column="clicked",
+                           time_column=time_column)
     assert _schema_from_json(json.loads(json.dumps(_schema_to_json(schema)))) == schema
 
 
@@ -350,9 +352,10 @@ def test_the_cache_entry_depends_on_dataset_and_split(tmp_path):
 def test_load_or_build_logs_and_hashes_each_file_once(tmp_path, caplog, monkeypatch):
     """The log lines of a build, of a cache hit and of a rebuild, with their numbers; a fresh
     build hashes each file once (into the manifest, not again to verify it), a hit once (to verify)."""
-    src = tmp_path / "src.csv"
+    src, src2 = tmp_path / "src.csv", tmp_path / "more.csv"
     src.write_text("x")
-    source = CountingSource([src])
+    src2.write_text("y")
+    source = CountingSource([src, src2])
     hashed = []
     real_hash = cache_module.hash_file
     monkeypatch.setattr(cache_module, "hash_file", lambda p: hashed.append(Path(p).name) or real_hash(p))
@@ -360,9 +363,9 @@ def test_load_or_build_logs_and_hashes_each_file_once(tmp_path, caplog, monkeypa
     artifact = load_or_build(source, SplitConfig(), tmp_path / "cache")
     entry = artifact.path
     files = ["value_ids.npy", "labels.npy", "row_in_source.npy", "feature_frequencies.npy", "values.json"]
-    assert sorted(h for h in hashed if h != "src.csv") == sorted(files)
+    assert sorted(h for h in hashed if h not in ("src.csv", "more.csv")) == sorted(files)
     messages = [r.getMessage() for r in caplog.records]
-    assert messages[0] == f"preprocessing toy from {src} (cached afterwards in {entry})"
+    assert messages[0] == f"preprocessing toy from {src}, {src2} (cached afterwards in {entry})"
     assert re.fullmatch(r"read 200 rows of toy \((\d+\.\d)s\); building the feature index", messages[1])
     found = re.fullmatch(rf"preprocessed toy: 162 fit / 18 val / 20 test rows, {artifact.space.num_features} features, "
                          rf"in (\d+\.\d)s → {re.escape(str(entry))}", messages[2])
@@ -375,7 +378,7 @@ def test_load_or_build_logs_and_hashes_each_file_once(tmp_path, caplog, monkeypa
     hashed.clear()
     load_or_build(source, SplitConfig(), tmp_path / "cache")
     assert [r.getMessage() for r in caplog.records] == [f"using cached preprocessed data {entry}"]
-    assert sorted(h for h in hashed if h != "src.csv") == sorted(files)
+    assert sorted(h for h in hashed if h not in ("src.csv", "more.csv")) == sorted(files)
 
     caplog.clear()
     (entry / "values.json").write_text("[]")
