@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
 EQUIVALENT = ROOT / "scripts" / "mutation_equivalent.tsv"
 HAND = "killed by hand"  # a reason in EQUIVALENT that is not equivalence (write_report)
+FIXTURES = WORK / "fixture-cache"  # outside every target's copy (prepare() removes those)
 NOTES = ROOT / "scripts" / "mutation_notes.md"  # hand-written: runs, history, what is not covered yet
 
 # target → (module under test, the tests that cover it)
@@ -48,9 +49,28 @@ TARGETS = {
 # spawns processes (~10 s a run, more under load, and mutmut runs it for every ICL mutant): it
 # would double the alignment target; the mutants only it can reach (world size > 1) are checked
 # by hand with it (scripts/mutation_notes.md).
+# Serving: the ONNX parity test runs once per ID-model variant (19, ~1.3 s each); serving.py takes
+# the same path for every model, so mutant runs keep three (the default DCNv2, DeepFM with its
+# linear term, DCN-Mix); the others check torch.onnx on each architecture (models/id.py).
+SERVING_PARITY_KEPT = ("dcnv2", "deepfm", "dcnv2-mix")
 DESELECT = {
     "alignment": ["tests/test_alignment.py::test_icl_all_gathers_negatives_across_processes"],
 }
+# Serving: the ONNX parity test runs once per ID-model variant (19, ~1.3 s each); serving.py takes
+# the same path for every model, so mutant runs keep three (the default DCNv2, DeepFM with its
+# linear term, DCN-Mix); the others check torch.onnx on each architecture (models/id.py).
+SERVING_PARITY_KEPT = ("dcnv2", "deepfm", "dcnv2-mix")
+
+
+def deselected(name: str) -> list[str]:
+    if name != "serving":
+        return DESELECT.get(name, [])
+    # the variants as the test module computes them (from flip_ctr.models.id.ID_MODELS)
+    code = "import sys, json; sys.path[:0] = ['src', 'tests']; import test_serving as t; print(json.dumps(sorted(t.VARIANTS)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    variants = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(SERVING_PARITY_KEPT) <= set(variants), variants
+    return [f"tests/test_serving.py::test_every_id_model_exports_with_parity[{v}]" for v in variants if v not in SERVING_PARITY_KEPT]
 
 
 def mutmut() -> str:
@@ -78,7 +98,7 @@ def prepare(name: str) -> Path:
         f"only_mutate={module}\n"
         "pytest_add_cli_args_test_selection=" + "\n    ".join(tests) + "\n"
         "pytest_add_cli_args=-p no:cacheprovider\n    -q\n"
-        + "".join(f"    --deselect={test}\n" for test in DESELECT.get(name, []))
+        + "".join(f"    --deselect={test}\n" for test in deselected(name))
         # Workers come from a fork server that has only collected the tests: forked straight from
         # mutmut's process, which has run them, polars' thread pool deadlocks in every worker (each
         # mutant of report_stats "timed out" that way) and torch's is not fork-safe either.
@@ -90,7 +110,9 @@ def prepare(name: str) -> Path:
 
 def run_target(name: str, children: int) -> dict:
     work = prepare(name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # FIXTURES: expensive fixtures built once and reused by every mutant's tests (the serving tests'
+    # trained run; tests/fixture_cache.py keys them by the code and data they are built from)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "FLIP_CTR_TEST_FIXTURE_CACHE": str(FIXTURES)}
     start = time.perf_counter()
     proc = subprocess.run([mutmut(), "run", "--max-children", str(children)], cwd=work, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -150,8 +172,10 @@ def write_report(results: list[dict]) -> None:
         "A mutant \"not run\" is one no test of the target reaches in mutmut's own process (mutmut only"
         " runs the tests it saw call the function): code exercised only in a subprocess.",
         "",
-        "| target | module | tests | mutants | killed | survived | of which killed by hand | of which equivalent | unexplained | not run | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "A mutant \"not judged\" is one the run had not reached when it was stopped (scripts/mutation_notes.md says why).",
+        "",
+        "| target | module | tests | mutants | killed | survived | of which killed by hand | of which equivalent | unexplained | not run | not judged | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["counts"]
@@ -163,7 +187,7 @@ def write_report(results: list[dict]) -> None:
         lines.append(
             f"| {r['target']} | `{r['module']}` | {', '.join(f'`{t}`' for t in r['tests'])} | {sum(c.values())} | "
             f"{c.get('killed', 0)} | {survived} | {by_hand} | {equivalent} | {survived - equivalent - by_hand} | "
-            f"{c.get('no tests', 0)} | {r['seconds'] or '-'} |"
+            f"{c.get('no tests', 0)} | {c.get('not checked', 0)} | {r['seconds'] or '-'} |"
         )
     if NOTES.is_file():
         lines += ["", NOTES.read_text().rstrip()]
@@ -192,10 +216,21 @@ def main() -> None:
         for name in chosen:
             print(f"mutation: {name} ...", flush=True)
             run_target(name, args.children)
-    # the report covers every target that has been run, not only this invocation's
-    done = [name for name in TARGETS if (WORK / name / "mutants").is_dir()]
-    write_report([collect(name) for name in done])
-    print(f"mutation: wrote results/mutation.md ({', '.join(done)})")
+    # the report covers every target that has been run, not only this invocation's: from its copy
+    # in .mutation/ if there is one, else as the last report recorded it (a fresh checkout or
+    # worktree has no .mutation/; the equivalence reasons are read again from the tsv)
+    write_report([result for name in TARGETS if (result := collect(name) if (WORK / name / "mutants").is_dir() else earlier(name))])
+    print(f"mutation: wrote results/mutation.md")
+
+
+def earlier(name: str) -> dict | None:
+    path = ROOT / "results" / "mutation.json"
+    previous = {r["target"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    if name not in previous:
+        return None
+    known = equivalents()
+    result = previous[name]
+    return {**result, "survivors": [{**s, "equivalent": known.get(s["mutant"])} for s in result["survivors"]]}
 
 
 if __name__ == "__main__":

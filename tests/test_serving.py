@@ -17,6 +17,7 @@ is needed to exercise the serving path) on the ML-100K fixture is exported and s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,18 @@ import polars as pl
 import pytest
 import torch
 
+import fixture_cache
+import flip_ctr
 from flip_ctr import serving
+from test_datamodule import make_dm, write_ml100k_fixture
+
+# Imported at collection rather than in the first test that needs them: mutation testing forks
+# every mutant's test session from a process that has only collected the tests (~3 s a session).
+with contextlib.suppress(ImportError):
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+from flip_ctr.stages.finetune_id import FinetuneIDModule  # noqa: E402 - Lightning, for lightning_probs
 from flip_ctr.data.preprocess import FeatureSpace
 from flip_ctr.data.schema import DatasetSchema, Field
 
@@ -45,6 +57,19 @@ UNSEEN = {  # values that occur nowhere in the fixture
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    # the child imports the flip_ctr this test imported (a worktree on PYTHONPATH, or the copy
+    # mutation testing mutates), not whichever one the interpreter's installation points at
+    src = str(Path(flip_ctr.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1", **extra}
+    # mutmut's stats pass (MUTANT_UNDER_TEST=stats) records calls in its own process only: a child
+    # would fail looking for its config, so it runs the code unmutated; a mutant's name passes on
+    if env.get("MUTANT_UNDER_TEST") == "stats":
+        del env["MUTANT_UNDER_TEST"]
+    return env
+
+
 def run_cli(*args: str, cwd: Path, light: tuple[str, ...] = ("transformers", "lightning", "torchmetrics")):
     # fails if the command imported one of `light` (FLIP_ID serves at ID-model cost)
     code = (
@@ -52,27 +77,53 @@ def run_cli(*args: str, cwd: Path, light: tuple[str, ...] = ("transformers", "li
         f"heavy = [m for m in {light!r} if m in sys.modules]; "
         "assert not heavy, f'imported {heavy}'"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env = _subprocess_env(HYDRA_FULL_ERROR="1")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+
+
+# The fixture run: `flip-ctr train` with these overrides (+ data/cache/run paths) on the ML-100K fixture.
+TRAIN_OVERRIDES = ("stage=finetune_id", "stage.batch_size=32", "stage.max_epochs=2", "logger=none", "num_threads=1")
+
+
+def train_fixture_run(root: Path, data: Path) -> None:
+    """root/run: the trained run (last.ckpt diverged from best.ckpt); root/cache: its data cache."""
+    run = root / "run"
+    env = _subprocess_env()
+    env.pop("MUTANT_UNDER_TEST", None)  # training never runs mutated code (nor imports serving.py)
+    proc = subprocess.run(
+        # fails if training imported serving.py: the cached run must not depend on the module under test
+        [sys.executable, "-c", "import sys; from flip_ctr.cli import main; main(sys.argv[1:]); "
+         "assert 'flip_ctr.serving' not in sys.modules, 'training imported flip_ctr.serving'",
+         "train", f"data.data_dir={data}", f"data.cache_dir={root / 'cache'}", f"hydra.run.dir={run}", *TRAIN_OVERRIDES],
+        capture_output=True, text=True, timeout=300, cwd=root, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diverge_last_checkpoint(run / "checkpoints")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from test_datamodule import make_dm, write_ml100k_fixture
-
+    """One trained run. Built in the temp dir; with FLIP_CTR_TEST_FIXTURE_CACHE set (mutation
+    testing), built once into that cache and reused (tests/fixture_cache.py): the key covers the
+    fixture data, the overrides, and every flip_ctr file but serving.py, the module under test,
+    which training does not import (checked: the entry is built without it)."""
     root = tmp_path_factory.mktemp("serving")
     data = write_ml100k_fixture(root / "data" / "ml-100k")
-    run = root / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "flip_ctr.cli", "train", f"data.data_dir={data}", f"data.cache_dir={root / 'cache'}",
-         f"hydra.run.dir={run}", "stage=finetune_id", "stage.batch_size=32", "stage.max_epochs=2", "logger=none",
-         "num_threads=1"],
-        capture_output=True, text=True, timeout=120, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    diverge_last_checkpoint(run / "checkpoints")
+    if fixture_cache.cache_root() is None:
+        train_fixture_run(root, data)
+    else:
+        key = hashlib.sha256("\0".join([
+            fixture_cache.code_digest(exclude=["serving.py"]), fixture_cache.tree_digest(data), *TRAIN_OVERRIDES,
+        ]).encode()).hexdigest()
+
+        def build(entry: Path) -> None:
+            shutil.copytree(data, entry / "data" / "ml-100k")
+            train_fixture_run(entry, entry / "data" / "ml-100k")
+
+        root, _ = fixture_cache.cached_entry("serving-run", key, build)
+        data = root / "data" / "ml-100k"
     artifact = make_dm(data, root / "cache").artifact
-    return {"root": root, "run": run, "artifact": artifact}
+    return {"root": root, "run": root / "run", "artifact": artifact}
 
 
 def diverge_last_checkpoint(folder: Path) -> None:
@@ -108,7 +159,6 @@ def lightning_probs(run: Path, feature_ids: np.ndarray, name: str = "best.ckpt")
     from omegaconf import OmegaConf
 
     from flip_ctr.models.id import build_id_model
-    from flip_ctr.stages.finetune_id import FinetuneIDModule
 
     cfg = OmegaConf.load(run / "config.yaml")
     spec = {k: v for k, v in OmegaConf.to_container(cfg.id_model).items() if k != "_target_"}
@@ -384,3 +434,178 @@ def test_every_id_model_exports_with_parity(variant):
     ids, unseen = serving.encode_rows(scorer, frame)  # unseen → the field's OOV id
     np.testing.assert_array_equal(ids, [[2, 6, 8], [0, 4, 7]])
     assert unseen.tolist() == [[False, False, False], [True, False, True]]
+
+
+# -- written against mutation survivors (scripts/mutation.py serving; scripts/mutation_notes.md) ----
+# In-process and without the trained run: mutmut sees what they call, and they cost milliseconds.
+def _help(capsys, monkeypatch, *argv: str) -> str:
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps at the terminal width
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_help_names_every_command_and_option(capsys, monkeypatch):
+    top = _help(capsys, monkeypatch)
+    assert top.startswith("usage: flip-ctr [-h] {export,predict} ... Export and batch prediction of ID-model stages. "), top
+    assert "export run dir → model dir (model.onnx + vocab.json + serving.json) " in top, top
+    assert "predict raw rows (CSV/Parquet) → rows + prob " in top, top
+    exp = _help(capsys, monkeypatch, "export")
+    assert exp.startswith("usage: flip-ctr export [-h] --out OUT [--ckpt CKPT] [--num-threads NUM_THREADS] run_dir "), exp
+    assert "--ckpt CKPT checkpoint path, or best/last (default: best, else last) " in exp, exp
+    assert exp.endswith("--num-threads NUM_THREADS threads (default: onnxruntime's and torch's choice)"), exp
+    pred = _help(capsys, monkeypatch, "predict")
+    assert pred.startswith("usage: flip-ctr predict [-h] --input INPUT --output OUTPUT [--ckpt CKPT] [--batch-size BATCH_SIZE] "
+                           "[--num-threads NUM_THREADS] model "), pred
+    assert "model exported model dir, or a run dir (exported in memory) " in pred, pred
+    assert "--ckpt CKPT with a run dir: checkpoint path, or best/last " in pred, pred
+    assert pred.endswith("--num-threads NUM_THREADS threads (default: onnxruntime's and torch's choice)"), pred
+
+
+@pytest.mark.parametrize("argv, missing", [
+    ([], "command"), (["export", "RUN"], "--out"), (["predict", "M", "--output", "o.csv"], "--input"),
+    (["predict", "M", "--input", "i.csv"], "--output"),
+])
+def test_cli_required_arguments(argv, missing, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: the following arguments are required: {missing}")
+
+
+def test_cli_passes_its_arguments_through(monkeypatch, capsys):
+    calls, threads = [], []
+    monkeypatch.setattr(serving, "export", lambda *a: calls.append(("export", a)) or Path("M"))
+    monkeypatch.setattr(serving, "predict", lambda *a: calls.append(("predict", a)))
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    serving.main(["export", "RUN", "--out", "M", "--ckpt", "last", "--num-threads", "3"])
+    assert capsys.readouterr().out == "exported RUN → M/model.onnx (+ vocab.json, serving.json)\n"
+    serving.main(["export", "RUN", "--out", "M"])
+    serving.main(["predict", "MODEL", "--input", "i.csv", "--output", "o.csv", "--ckpt", "c.ckpt", "--batch-size", "7",
+                  "--num-threads", "2"])
+    serving.main(["predict", "MODEL", "--input", "i.csv", "--output", "o.csv"])
+    assert calls == [
+        ("export", ("RUN", "M", "last")), ("export", ("RUN", "M", None)),
+        ("predict", ("MODEL", "i.csv", "o.csv", "c.ckpt", 7, 2)), ("predict", ("MODEL", "i.csv", "o.csv", None, 1024, None)),
+    ]
+    assert threads == [3]  # export sets torch's threads only when asked
+
+
+def test_cli_refusal_is_one_line_even_for_a_multi_line_message(monkeypatch, capsys):
+    def fail(*_):
+        raise ValueError("first\nsecond")
+
+    monkeypatch.setattr(serving, "predict", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main(["predict", "M", "--input", "i.csv", "--output", "o.csv"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "flip-ctr predict: first second\n"
+
+
+def test_first_line_and_value_hint_by_hand():
+    assert serving._first_line(ValueError("  first\nsecond ")) == "first"
+    assert serving._first_line(ValueError("only")) == "only"
+    assert serving._first_line(KeyError()) == "KeyError" and serving._first_line(ValueError("  ")) == "ValueError"
+    assert serving._value_hint("ml100k") == "values as the ml100k loader decodes them, or raw; see docs/serving.md"
+    assert serving._value_hint("table") == "raw values as in the training table; see docs/serving.md"
+    assert serving._value_hint("my_csv") == "raw values as in the training table; see docs/serving.md"  # not a loader
+
+
+def test_rows_written_in_the_format_their_name_says(tmp_path):
+    frame = pl.DataFrame({"user_id": ["007", "8"], "prob": pl.Series([0.25, 0.5], dtype=pl.Float32)})
+    serving.write_rows(frame, tmp_path / "p.parquet")
+    assert pl.read_parquet(tmp_path / "p.parquet").equals(frame)
+    serving.write_rows(frame, tmp_path / "p.tsv")
+    assert (tmp_path / "p.tsv").read_text() == "user_id\tprob\n007\t0.25\n8\t0.5\n"
+    serving.write_rows(frame, tmp_path / "p.CSV")
+    assert (tmp_path / "p.CSV").read_text() == "user_id,prob\n007,0.25\n8,0.5\n"
+    assert serving.read_rows(tmp_path / "p.tsv")["user_id"].to_list() == ["007", "8"]  # read as text: zeros kept
+    assert serving.read_rows(tmp_path / "p.parquet").equals(frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.CSV", "p.parquet", "p.tsv"]
+    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/p\.json: the output must be a \.parquet, \.pq, \.csv or \.tsv file$"):
+        serving.write_rows(frame, tmp_path / "p.json")
+
+
+def test_predict_ids_in_batches_and_on_no_rows():
+    calls = []
+
+    def scorer(ids):
+        calls.append(len(ids))
+        return ids.sum(axis=1).astype(np.float32)
+
+    ids = np.arange(10, dtype=np.int64).reshape(5, 2)
+    np.testing.assert_array_equal(serving.predict_ids(scorer, ids, batch_size=2), [1, 5, 9, 13, 17])
+    assert calls == [2, 2, 1]
+    empty = serving.predict_ids(scorer, ids[:0])
+    assert empty.shape == (0,) and empty.dtype == np.float32 and calls == [2, 2, 1]
+
+
+def test_model_dir_is_shared_readable_with_digests(tmp_path):
+    out = serving.write_model_dir(tmp_path / "m", {"model.onnx": b"graph", "vocab.json": b"{}"}, {"dataset": "toy"})
+    assert out == tmp_path / "m" and (out.stat().st_mode & 0o777) == 0o755
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "serving.json", "vocab.json"]
+    assert (out / "model.onnx").read_bytes() == b"graph"
+    assert json.loads((out / "serving.json").read_text()) == {
+        "dataset": "toy", "sha256": {"model.onnx": hashlib.sha256(b"graph").hexdigest(), "vocab.json": hashlib.sha256(b"{}").hexdigest()}}
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dir left
+
+
+def test_non_finite_refusal_lists_at_most_ten_rows():
+    probs = np.full(20, 0.5, dtype=np.float32)
+    serving.refuse_non_finite(probs, "M")  # all finite: no refusal
+    probs[[1, 3, 4, 5, 6, 7, 8, 9, 10, 12]] = np.nan
+    probs[12] = np.inf
+    tail = "; nothing written: the model is damaged or diverged"
+    with pytest.raises(serving.ServingError) as err:
+        serving.refuse_non_finite(probs, "M")
+    assert str(err.value) == f"M: non-finite probabilities for 10 of 20 rows (0-based data rows 1, 3, 4, 5, 6, 7, 8, 9, 10, 12){tail}"
+    probs[19] = -np.inf  # an 11th row: ten shown, then "..."
+    with pytest.raises(serving.ServingError) as err:
+        serving.refuse_non_finite(probs, "M")
+    assert str(err.value) == f"M: non-finite probabilities for 11 of 20 rows (0-based data rows 1, 3, 4, 5, 6, 7, 8, 9, 10, 12, ...){tail}"
+
+
+def test_export_metadata_and_overwriting_by_hand(monkeypatch, tmp_path):
+    """export's serving.json from a toy model and feature space (load_run stubbed: no trained run),
+    with a field that has missing markers; an exported model dir or an empty one is replaced,
+    any other directory refused."""
+    from flip_ctr.models.id import build_id_model
+
+    schema = DatasetSchema("toy", (Field("user", "user id", "user", ("?", "n/a")), Field("item", "item", "item")))
+    space = FeatureSpace(schema, [["unknown", "u1", "u2"], ["unknown", "i1"]], [2, 1])
+    torch.manual_seed(0)
+    model = build_id_model("dcnv2", num_features=space.num_features, num_fields=2, embedding_dim=4, dnn_hidden_units=(8,)).eval()
+    _calibrate_batch_norm(model, space.num_features)
+    monkeypatch.setattr(serving, "load_run", lambda run_dir, ckpt: (model, space, {"run_dir": str(run_dir), "ckpt": ckpt}))
+    out = serving.export("RUN", tmp_path / "m", ckpt="last")
+    meta = json.loads((out / "serving.json").read_text())
+    assert set(meta.pop("sha256")) == {"model.onnx", "vocab.json"}
+    assert meta == {
+        "run_dir": "RUN", "ckpt": "last", "format_version": 2, "dataset": "toy", "columns": ["user", "item"],
+        "field_names": ["user id", "item"], "missing": {"user": ["?", "n/a"]}, "num_features": 5, "vocabulary_sizes": [2, 1],
+        "inputs": {"feature_ids": "int64 [batch, 2]"}, "outputs": {"prob": "float32 [batch]"}, "torch": torch.__version__,
+    }
+    assert serving.export("RUN", out) == out and json.loads((out / "serving.json").read_text())["ckpt"] is None  # replaced
+    (tmp_path / "empty").mkdir()
+    assert (serving.export("RUN", tmp_path / "empty") / "serving.json").is_file()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=rf"^{tmp_path}/other exists and is not an exported model: refusing to overwrite it$"):
+        serving.export("RUN", tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_unreadable_serving_json_message(tmp_path):
+    (tmp_path / "serving.json").write_text("{trunc")
+    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/serving\.json: unreadable \(Expecting property name enclosed "
+                       r"in double quotes: line 1 column 2 \(char 1\)\); re-export the model$"):
+        serving.read_meta(tmp_path)
+    (tmp_path / "serving.json").write_text(json.dumps({"format_version": 1}))
+    says = "this flip-ctr reads 2 (1 was TorchScript): re-export with `flip-ctr export`"
+    with pytest.raises(serving.ServingError) as err:
+        serving.read_meta(tmp_path)
+    assert str(err.value) == f"{tmp_path}/serving.json: format_version 1, {says}"
+    (tmp_path / "serving.json").write_text("[2]")  # JSON, but not an object
+    with pytest.raises(serving.ServingError) as err:
+        serving.read_meta(tmp_path)
+    assert str(err.value) == f"{tmp_path}/serving.json: format_version None, {says}"
