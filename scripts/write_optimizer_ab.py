@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
 from flip_ctr.report import paired_t_test
@@ -37,20 +38,20 @@ def collect(root: Path, arms: tuple[str, str], stage: str | None = None) -> dict
 
 def table(setting: str, by_optimizer: dict, arms: tuple[str, str] = ("adam", "lazy_adam")) -> list[str]:
     dense_arm, lazy_arm = arms
-    adam, lazy = by_optimizer.get(dense_arm, {}), by_optimizer.get(lazy_arm, {})
-    seeds = sorted(set(adam) & set(lazy))
+    dense, lazy = by_optimizer.get(dense_arm, {}), by_optimizer.get(lazy_arm, {})
+    seeds = sorted(set(dense) & set(lazy))
     lines = [f"### {setting} ({len(seeds)} paired seeds: {', '.join(map(str, seeds))})", ""]
     lines += ["| seed | " + " | ".join(f"{label} {dense_arm} | {label} {lazy_arm}" for _, label in METRICS)
               + f" | epochs {dense_arm} / {lazy_arm} | fit s {dense_arm} / {lazy_arm} |",
               "|---|" + "---|" * (2 * len(METRICS) + 2)]
     for s in seeds:
-        cells = [f"{adam[s][k]:.4f} | {lazy[s][k]:.4f}" for k, _ in METRICS]
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {adam[s]['selected_epochs']} / {lazy[s]['selected_epochs']} | "
-                     f"{adam[s]['fit_seconds']:.0f} / {lazy[s]['fit_seconds']:.0f} |")
+        cells = [f"{dense[s][k]:.4f} | {lazy[s][k]:.4f}" for k, _ in METRICS]
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {dense[s]['selected_epochs']} / {lazy[s]['selected_epochs']} | "
+                     f"{dense[s]['fit_seconds']:.0f} / {lazy[s]['fit_seconds']:.0f} |")
     lines += ["", f"| metric | {dense_arm} mean ± std | {lazy_arm} mean ± std | {lazy_arm} − {dense_arm} (mean) | {lazy_arm} better in | paired t | p |",
               "|---|---|---|---|---|---|---|"]
     for key, label in METRICS:
-        a, b = [adam[s][key] for s in seeds], [lazy[s][key] for s in seeds]
+        a, b = [dense[s][key] for s in seeds], [lazy[s][key] for s in seeds]
         t, p = paired_t_test(b, a)
         better = sum((y > x) if key != "logloss" else (y < x) for x, y in zip(a, b))
         lines.append(f"| {label} | {statistics.mean(a):.4f} ± {statistics.stdev(a):.4f} | {statistics.mean(b):.4f} ± {statistics.stdev(b):.4f} | "
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
     if not runs:
         where = f"{args.stage}/metrics.json" if args.stage else "metrics.json"
         raise SystemExit(f"{args.root}: no <setting>_<{'|'.join(arms)}>_s<seed>/{where} found")
-    lines = [f"<!-- written by scripts/write_optimizer_ab.py {' '.join(argv if argv is not None else __import__('sys').argv[1:])} -->", ""]
+    lines = [f"<!-- written by scripts/write_optimizer_ab.py {' '.join(sys.argv[1:] if argv is None else argv)} -->", ""]
     for setting, by_optimizer in sorted(runs.items()):
         lines += table(setting, by_optimizer, arms)
     args.out.write_text("\n".join(lines))

@@ -90,7 +90,11 @@ def use_sparse_embedding_gradients(model: torch.nn.Module) -> list[str]:
 
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, (FeatureEmbedding, LinearTerm)):
-            module.sparse_gradients = True
-            names.append(name)
+        if isinstance(module, FeatureEmbedding):
+            module.sparse = True
+        elif isinstance(module, LinearTerm):
+            module.table.sparse = True
+        else:
+            continue
+        names.append(name)
     return names

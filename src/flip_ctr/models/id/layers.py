@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 # Embedding init std. Small keeps the initial logits near zero and the SVD plots of a fresh
 # table isotropic; not *too* small because several models (FM, IPNN, AFM, CIN) multiply
@@ -25,20 +24,12 @@ EMBEDDING_INIT_STD = 1e-2
 class _FeatureTable(nn.Embedding):
     """A table with one row per feature plus the ``<MASK>`` row. An ``nn.Embedding`` so that
     DDP sees ``sparse`` and all-reduces a sparse gradient as one (it checks for that class);
-    ``sparse_gradients`` (set by :func:`flip_ctr.stages.lazy_adam.use_sparse_embedding_gradients`)
+    ``sparse = True`` (set by :func:`flip_ctr.stages.lazy_adam.use_sparse_embedding_gradients`)
     makes the gradient hold only the batch's rows."""
 
     def __init__(self, weight: torch.Tensor):
         # _weight: nn.Embedding's own initialisation is skipped (it would draw from the RNG)
         super().__init__(weight.shape[0], weight.shape[1], _weight=weight)
-
-    @property
-    def sparse_gradients(self) -> bool:
-        return self.sparse
-
-    @sparse_gradients.setter
-    def sparse_gradients(self, value: bool) -> None:
-        self.sparse = bool(value)
 
 
 class FeatureEmbedding(_FeatureTable):
@@ -56,8 +47,7 @@ class FeatureEmbedding(_FeatureTable):
         self.num_features = num_features
         self.mask_feature_id = num_features
 
-    def forward(self, feature_ids: torch.LongTensor) -> torch.Tensor:
-        return F.embedding(feature_ids, self.weight, sparse=self.sparse)
+    # forward: nn.Embedding's, F.embedding(feature_ids, weight, sparse=self.sparse) with no padding row or max norm
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features} (+1 mask), embedding_dim={self.embedding_dim}"
@@ -81,14 +71,6 @@ class LinearTerm(nn.Module):
     @property
     def weight(self) -> nn.Parameter:
         return self.table.weight
-
-    @property
-    def sparse_gradients(self) -> bool:
-        return self.table.sparse_gradients
-
-    @sparse_gradients.setter
-    def sparse_gradients(self, value: bool) -> None:
-        self.table.sparse_gradients = value
 
     def forward(self, feature_ids: torch.LongTensor) -> torch.Tensor:
         return self.table(feature_ids).sum(dim=(1, 2)) + self.bias
