@@ -56,10 +56,6 @@ SERVING_PARITY_KEPT = ("dcnv2", "deepfm", "dcnv2-mix")
 DESELECT = {
     "alignment": ["tests/test_alignment.py::test_icl_all_gathers_negatives_across_processes"],
 }
-# Serving: the ONNX parity test runs once per ID-model variant (19, ~1.3 s each); serving.py takes
-# the same path for every model, so mutant runs keep three (the default DCNv2, DeepFM with its
-# linear term, DCN-Mix); the others check torch.onnx on each architecture (models/id.py).
-SERVING_PARITY_KEPT = ("dcnv2", "deepfm", "dcnv2-mix")
 
 
 def deselected(name: str) -> list[str]:

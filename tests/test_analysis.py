@@ -65,6 +65,9 @@ def test_per_field_heatmap_of_a_short_row_in_a_padded_batch_equals_the_row_alone
     padded = alignment_heatmap(id_model, plm, icl, text_batch(space, pieces, local[[long, short]]), 1, plm.mask_token_id, states)
     alone = alignment_heatmap(id_model, plm, icl, text_batch(space, pieces, local[[short]]), 0, plm.mask_token_id, states)
     np.testing.assert_allclose(padded, alone, rtol=1e-5, atol=1e-6)
+    # and what it masks: each field's sentence encoded alone by hand, in the padded batch
+    oracle = hand_masked_per_field_heatmap(id_model, plm, icl, text_batch(space, pieces, local[[long, short]]), 1)
+    np.testing.assert_allclose(padded, oracle, rtol=1e-5, atol=1e-6)
 
 
 def test_cosine_heatmap_is_the_dot_product_over_the_norms(loaded_table, minilm_tokenizer):
@@ -81,19 +84,14 @@ def test_cosine_heatmap_is_the_dot_product_over_the_norms(loaded_table, minilm_t
     assert np.all(np.abs(cosine) <= 1 + 1e-6) and not np.allclose(cosine, dot)
 
 
-def test_heatmap_entries_are_the_hand_masked_projections(loaded_table, minilm_tokenizer):
-    """Entry (i, j): the row's text with field i's value tokens (only those) replaced by [MASK],
-    against its table with field j's feature replaced by <MASK>, masked here by hand."""
-    torch.manual_seed(0)
-    space, pieces, local, plm, id_model, icl = tiny_alignment_setup(loaded_table, minilm_tokenizer, pooling=None)
-    batch = text_batch(space, pieces, local[:3])
-    row = 2
-    heatmap = alignment_heatmap(id_model, plm, icl, batch, row, plm.mask_token_id)
-    F_ = space.num_fields
+def hand_masked_heatmap(id_model, plm, icl, batch: dict, row: int) -> np.ndarray:
+    """The heatmap's oracle, masked here by hand position by position: entry (i, j) is row ``row``'s
+    text with field i's value tokens (only those) replaced by [MASK], against its table with field
+    j's feature replaced by <MASK>."""
     att = batch["attention_mask"][row : row + 1]
     with torch.no_grad():
         texts, tables = [], []
-        for f in range(F_):
+        for f in range(id_model.num_fields):
             ids = batch["input_ids"][row].clone()
             for pos in range(ids.shape[0]):
                 if int(batch["token_field_ids"][row, pos]) == f and bool(batch["value_token_mask"][row, pos]):
@@ -104,4 +102,40 @@ def test_heatmap_entries_are_the_hand_masked_projections(loaded_table, minilm_to
             features[f] = id_model.mask_feature_id
             tables.append(id_model(features[None])[0])
         z_text, z_tab = icl.project(torch.cat(texts), torch.cat(tables))
-    np.testing.assert_allclose(heatmap, (z_text @ z_tab.T).numpy(), rtol=1e-5, atol=1e-6)
+    return (z_text @ z_tab.T).numpy()
+
+
+def hand_masked_per_field_heatmap(id_model, plm, icl, batch: dict, row: int) -> np.ndarray:
+    """The oracle under ``text_encoding=per_field``, by separate PLM calls: each field's sentence
+    (the row's tokens of that field, value tokens as [MASK] for the masked field) encoded alone as
+    ``[CLS] s_g [SEP]``, the row's [CLS] and [SEP] as ``[CLS] [SEP]`` encoded alone, and the text
+    vector the mean of all those token states (mean pooling)."""
+    assert plm.pooling == "mean"
+    ids, fields, values = batch["input_ids"][row], batch["token_field_ids"][row], batch["value_token_mask"][row]
+    cls_id, sep_id = int(ids[0]), int(ids[int(batch["attention_mask"][row].sum()) - 1])
+    with torch.no_grad():
+        cls_sep = plm(torch.tensor([[cls_id, sep_id]]), torch.ones(1, 2, dtype=torch.long))[0]
+        texts, tables = [], []
+        for masked in range(id_model.num_fields):
+            states = [cls_sep]
+            for g in range(id_model.num_fields):
+                sentence = ids[fields == g].clone()
+                if g == masked:
+                    sentence[values[fields == g]] = plm.mask_token_id
+                tokens = torch.cat([torch.tensor([cls_id]), sentence, torch.tensor([sep_id])])[None]
+                states.append(plm(tokens, torch.ones_like(tokens))[0, 1:-1])
+            texts.append(torch.cat(states).mean(0, keepdim=True))
+            features = batch["feature_ids"][row].clone()
+            features[masked] = id_model.mask_feature_id
+            tables.append(id_model(features[None])[0])
+        z_text, z_tab = icl.project(torch.cat(texts), torch.cat(tables))
+    return (z_text @ z_tab.T).numpy()
+
+
+def test_heatmap_entries_are_the_hand_masked_projections(loaded_table, minilm_tokenizer):
+    torch.manual_seed(0)
+    space, pieces, local, plm, id_model, icl = tiny_alignment_setup(loaded_table, minilm_tokenizer, pooling=None)
+    batch = text_batch(space, pieces, local[:3])
+    row = 2
+    heatmap = alignment_heatmap(id_model, plm, icl, batch, row, plm.mask_token_id)
+    np.testing.assert_allclose(heatmap, hand_masked_heatmap(id_model, plm, icl, batch, row), rtol=1e-5, atol=1e-6)

@@ -97,3 +97,29 @@ def test_alignment_heatmap(pipeline_run, tmp_path, monkeypatch):
     assert f"diagonal is the row maximum for {hits} of 9 fields" in text
     assert f"mean similarity: diagonal {np.diag(heatmap).mean():.4f}" in text
     assert images == 1
+    # what the CSV masks: test row 0 of the run, each field masked by hand (tests/test_analysis.py),
+    # encoded as the run pretrained (this pipeline's default: text_encoding=per_field)
+    np.testing.assert_allclose(heatmap, hand_masked_heatmap_of_run(pipeline_run, row=0), rtol=1e-4, atol=1e-5)
+
+
+def hand_masked_heatmap_of_run(run_dir: Path, row: int) -> np.ndarray:
+    """The oracle of ``analyze()``'s heatmap, from the run's own files: its aligned models and
+    heads, and its config's test split (row order is the test loader's, which does not shuffle)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from flip_ctr.analysis import icl_head_from
+    from flip_ctr.stages.checkpoints import load_aligned_plm, load_heads, load_id_model
+    from test_analysis import hand_masked_heatmap, hand_masked_per_field_heatmap
+
+    aligned = run_dir / "pretrain" / "aligned"
+    cfg = OmegaConf.load(run_dir / "pretrain" / "config.yaml")
+    id_model, _ = load_id_model(aligned)
+    plm = load_aligned_plm(aligned).eval()
+    icl = icl_head_from(load_heads(aligned), text_dim=plm.hidden_size, id_dim=id_model.representation_dim).eval()
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=cfg.plm.name_or_path, eval_batch_size=8)
+    datamodule.setup()
+    batch = next(iter(datamodule.test_dataloader()))
+    per_field = OmegaConf.select(cfg, "stages.pretrain.text_encoding") == "per_field"
+    oracle = hand_masked_per_field_heatmap if per_field else hand_masked_heatmap
+    return oracle(id_model.eval(), plm, icl, batch, row)
