@@ -609,3 +609,270 @@ def test_unreadable_serving_json_message(tmp_path):
     with pytest.raises(serving.ServingError) as err:
         serving.read_meta(tmp_path)
     assert str(err.value) == f"{tmp_path}/serving.json: format_version None, {says}"
+
+
+# -- the functions every parity test reaches, by hand (same origin; session 10) ---------------------
+def _toy_space() -> FeatureSpace:
+    """Three fields: one with two training values (plus "u3", only outside training), one with
+    none, one with one (and a missing marker)."""
+    schema = DatasetSchema("toy", (Field("user", "user id", "user"), Field("empty", "empty"),
+                                   Field("item", "item", "item", ("?", "n/a"))))
+    return FeatureSpace(schema, [["unknown", "u1", "u2", "u3"], ["unknown"], ["unknown", "é"]], [2, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def toy_export():
+    """(model, space, model.onnx bytes) of a tiny calibrated DCNv2 on _toy_space (~2 s to export)."""
+    from flip_ctr.models.id import build_id_model
+
+    space = _toy_space()
+    torch.manual_seed(0)
+    model = build_id_model("dcnv2", num_features=space.num_features, num_fields=3, embedding_dim=4, dnn_hidden_units=(8,)).eval()
+    _calibrate_batch_norm(model, space.num_features)
+    return model, space, serving.onnx_model(model, space)
+
+
+def test_find_checkpoint_by_hand(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"^no checkpoint best\.ckpt or last\.ckpt in {folder}$"):
+        serving.find_checkpoint(tmp_path)
+    old, new = folder / "epoch=0.ckpt", folder / "epoch=1.ckpt"
+    for seconds, path in ((1000, old), (2000, new)):
+        path.write_bytes(b"x")
+        os.utime(path, (seconds, seconds))
+    (folder / "notes.txt").write_bytes(b"x")
+    os.utime(folder / "notes.txt", (3000, 3000))
+    assert serving.find_checkpoint(tmp_path) == new  # neither best nor last: the newest checkpoint
+    os.utime(old, (4000, 4000))
+    assert serving.find_checkpoint(tmp_path) == old
+    with pytest.raises(FileNotFoundError, match=rf"^no checkpoint last\.ckpt in {folder}$"):
+        serving.find_checkpoint(tmp_path, "last")  # asked for by name: no fallback
+    (folder / "last.ckpt").write_bytes(b"x")
+    assert serving.find_checkpoint(tmp_path) == serving.find_checkpoint(tmp_path, "last") == folder / "last.ckpt"
+    with pytest.raises(FileNotFoundError, match=rf"^no checkpoint best\.ckpt in {folder}$"):
+        serving.find_checkpoint(tmp_path, "best")
+    (folder / "best.ckpt").write_bytes(b"x")
+    os.utime(folder / "best.ckpt", (10, 10))  # older than the others, and still the default
+    assert serving.find_checkpoint(tmp_path) == serving.find_checkpoint(tmp_path, "best") == folder / "best.ckpt"
+    assert serving.find_checkpoint(tmp_path, "last") == folder / "last.ckpt"
+    assert serving.find_checkpoint(tmp_path, str(old)) == old  # a path
+    with pytest.raises(FileNotFoundError, match=rf"^checkpoint {tmp_path}/nowhere\.ckpt not found$"):
+        serving.find_checkpoint(tmp_path, str(tmp_path / "nowhere.ckpt"))
+
+
+def test_decode_raw_generic_rules_by_hand():
+    def dec(values, dataset="table", column="x", dtype=None, missing=()):
+        return serving.decode_raw(pl.Series("raw", values, dtype=dtype), dataset, column, missing).to_list()
+
+    assert serving.decode_raw(pl.Series("raw", ["a"]), "table", "x").name == "x"
+    assert dec([" u1 ", "?", "n/a", None, "", "u2"], missing=["?", "n/a"]) == ["u1", "unknown", "unknown", "unknown", "unknown", "u2"]
+    assert dec(["?"]) == ["?"]  # a marker only where the schema names it
+    assert dec([1.5, 2.0], dtype=pl.Float64) == ["1.5", "2.0"]  # not all integral: kept as floats
+    assert dec([1.0, None, float("nan")], dtype=pl.Float32) == ["1", "unknown", "unknown"]
+    assert dec([7, None], dtype=pl.Int32) == ["7", "unknown"]
+    assert dec([True, False]) == ["true", "false"]
+    assert dec(["(1995)", "Heat (1995)"], "ml100k", "title") == ["unknown", "Heat"]  # a bare year leaves no title
+    assert dec(["M", "F"], "ml100k", "gender") == ["male", "female"] and dec(["M"], "table", "gender") == ["M"]
+    assert dec(["Drama", "Drama|War"], "ml1m", "genre") == ["Drama", "Drama, War"]
+    assert dec(["Drama|War"], "ml100k", "genre") == ["Drama|War"]
+    assert dec(["null", "NULL", " 31 ", "0"], "bookcrossing", "age") == ["unknown", "unknown", "31", "0"]  # "Null": below
+    assert dec(["0", "1999", "NULL"], "bookcrossing", "year") == ["unknown", "1999", "NULL"]
+    assert dec(["0", "NULL"], "bookcrossing", "isbn") == ["0", "NULL"]
+
+
+def test_bookcrossing_raw_values_decode_as_the_loader_decodes_them(tmp_path):
+    """Raw Book-Crossing age/year values (NULL in any case, a quoted "null", year 0) through the
+    real loader on a fixture dump, and through decode_raw: the same decoded values."""
+    import fixtures_data as fx
+    from flip_ctr.data.sources.bookcrossing import load_bookcrossing
+
+    ages = ["NULL", '"null"', '"Null"', '"31"', '" 18 "']
+    users = [fx.BX_USERS[0], *(f'"{u}";"somewhere";{age}' for u, age in enumerate(ages, start=1))]
+    years = ["0", "1999", "2001"]
+    books = [fx.BX_BOOKS_HEADER, *(f'"{isbn:010d}";"T";"A";"{year}";"P";"s";"m";"l"' for isbn, year in enumerate(years))]
+    ratings = fx.bx_ratings_lines([(str(u), f"{i:010d}", "7") for u in range(1, len(ages) + 1) for i in range(len(years))])
+    table = load_bookcrossing(fx.write_bookcrossing(tmp_path / "bx", users=users, books=books, ratings=ratings)).table
+    raw_age = {str(u): a.strip('"') for u, a in enumerate(ages, start=1)}
+    raw_year = {f"{i:010d}": y for i, y in enumerate(years)}
+    served_age = serving.decode_raw(pl.Series([raw_age[u] for u in table["user_id"]]), "bookcrossing", "age")
+    served_year = serving.decode_raw(pl.Series([raw_year[i] for i in table["isbn"]]), "bookcrossing", "year")
+    assert served_age.to_list() == table["age"].to_list() and served_year.to_list() == table["year"].to_list()
+    assert set(table["age"]) == {"unknown", "31", "18"} and set(table["year"]) == {"unknown", "1999", "2001"}
+
+
+def test_lookup_decodes_each_distinct_value_and_maps_it_back_onto_the_rows():
+    ids = serving._lookup(pl.Series("user", ["u1", None, " u2", "zz", "u1", "?", "unknown"]), "table", "user",
+                          {"u1": 11, "u2": 12}, 10, ["?"])
+    assert ids.dtype == np.int64 and ids.tolist() == [11, 10, 12, 10, 11, 10, 10]
+    ids = serving._lookup(pl.Series("age", [1.0, float("nan"), None, 1.0, 2.0]), "table", "age", {"1": 5, "2": 6}, 3, [])
+    assert ids.tolist() == [5, 3, 3, 5, 6]  # NaN and null: distinct values, both missing
+    assert serving._lookup(pl.Series("g", ["M", "F", "X"]), "ml100k", "gender", {"male": 1, "female": 2}, 0, []).tolist() == [1, 2, 0]
+
+
+def test_encode_rows_by_hand():
+    scorer = serving.Scorer("toy", ["user", "item"], [{"u1": 1, "u2": 2}, {"i1": 4}], [0, 3], [[], ["?"]], session=None)
+    frame = pl.DataFrame({"extra": [1, 2, 3], "item": ["i1", "?", "i9"], "user": ["u2", "u1", None]})
+    ids, unseen = serving.encode_rows(scorer, frame)
+    assert ids.dtype == np.int64 and ids.tolist() == [[2, 4], [1, 3], [0, 3]]
+    assert unseen.tolist() == [[False, False], [False, True], [True, True]]
+    with pytest.raises(serving.ServingError) as err:
+        serving.encode_rows(scorer, frame.drop("item"), "in.csv")
+    assert str(err.value) == ("in.csv: no field column(s) ['item']; a toy model expects the columns ['user', 'item'] "
+                              "(raw values as in the training table; see docs/serving.md)")
+    with pytest.raises(serving.ServingError, match=r"^input: field column 'user' has type List\(Int64\) \(first value \[1\]\); "):
+        serving.encode_rows(scorer, frame.with_columns(user=pl.Series([[1], None, [2]])))
+
+
+def test_field_types_accepted_and_refused_by_hand():
+    import datetime
+
+    for column in (pl.Series("c", [1, 2]), pl.Series("c", [1.5]), pl.Series("c", ["a"]), pl.Series("c", [True]),
+                   pl.Series("c", [None, None]), pl.Series("c", ["a"], dtype=pl.Categorical), pl.Series("c", ["a"], dtype=pl.Enum(["a"])),
+                   pl.Series("c", [1], dtype=pl.UInt8)):
+        serving._check_field_type(column, "in")  # no refusal
+    tail = "; a field column holds one text or number per row"
+    cases = [
+        (pl.Series("d", [None, datetime.date(2020, 1, 1)]), f"in: field column 'd' has type Date (first value datetime.date(2020, 1, 1)){tail}"),
+        (pl.Series("l", [None], dtype=pl.List(pl.String)), f"in: field column 'l' has type List(String){tail}"),  # no value to show
+        (pl.Series("b", [b"x"]), f"in: field column 'b' has type Binary (first value b'x'){tail}"),
+    ]
+    for column, message in cases:
+        with pytest.raises(serving.ServingError) as err:
+            serving._check_field_type(column, "in")
+        assert str(err.value) == message
+
+
+def test_read_rows_formats_and_refusals_by_hand(tmp_path):
+    frame = pl.DataFrame({"user": ["007", "8"], "n": [1, 2]})
+    frame.write_parquet(tmp_path / "rows.pq")
+    assert serving.read_rows(tmp_path / "rows.pq").equals(frame)
+    (tmp_path / "rows.TSV").write_text("user\tn\n007\t1\n")
+    assert serving.read_rows(tmp_path / "rows.TSV").to_dict(as_series=False) == {"user": ["007"], "n": ["1"]}  # all text
+    (tmp_path / "rows.csv").write_text("user,n\n007,1\n")
+    assert serving.read_rows(tmp_path / "rows.csv").to_dict(as_series=False) == {"user": ["007"], "n": ["1"]}
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/dir\.csv: is a directory$"):
+        serving.read_rows(tmp_path / "dir.csv")
+    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/none\.parquet: no such file$"):
+        serving.read_rows(tmp_path / "none.parquet")
+    (tmp_path / "ragged.csv").write_text("user,n\n007,1,9\n")
+    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/ragged\.csv: cannot read it as csv \("):
+        serving.read_rows(tmp_path / "ragged.csv")
+    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/rows\.xlsx: the input must be a \.parquet, \.pq, \.csv or \.tsv file$"):
+        serving.read_rows(tmp_path / "rows.xlsx")
+
+
+def test_vocabularies_and_vocab_json_by_hand():
+    space = _toy_space()
+    assert space.field_offsets == [0, 3, 4, 6]  # each field: its training values and its OOV id
+    vocab, oov = serving.vocabularies(space)
+    assert vocab == [{"u1": 1, "u2": 2}, {}, {"é": 5}] and list(oov) == [0, 3, 4]  # "u3" (not in training) left out
+    data = serving.vocab_json(space)
+    assert "é".encode() in data  # UTF-8, not \u escapes
+    assert json.loads(data) == {"dataset": "toy", "fields": [
+        {"column": "user", "oov": 0, "missing": [], "ids": {"u1": 1, "u2": 2}},
+        {"column": "empty", "oov": 3, "missing": [], "ids": {}},
+        {"column": "item", "oov": 4, "missing": ["?", "n/a"], "ids": {"é": 5}},
+    ]}
+
+
+def test_parity_rows_by_hand():
+    space = _toy_space()
+    rows = serving.parity_rows(space, n=40, seed=1)
+    assert rows.dtype == np.int64 and rows.shape == (42, 3)
+    assert rows[0].tolist() == [0, 3, 4]  # every field OOV
+    assert rows[1].tolist() == [1, 3, 5]  # every field's first value (the empty field stays OOV)
+    assert set(rows[2:, 0].tolist()) == {1, 2} and set(rows[2:, 1].tolist()) == {3} and set(rows[2:, 2].tolist()) == {5}
+    np.testing.assert_array_equal(rows, serving.parity_rows(space, n=40, seed=1))
+    assert not np.array_equal(rows, serving.parity_rows(space, n=40, seed=2))
+    assert serving.parity_rows(space).shape == (258, 3)  # default: 256 random rows
+    assert not np.array_equal(serving.parity_rows(space)[2:42], rows[2:])  # default seed 0
+
+
+def test_probability_module_by_hand():
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+        def forward(self, ids):
+            return None, self.scale * ids.sum(dim=1).double()
+
+    inner = Logits().train()
+    served = serving.probability_module(inner)
+    out = served(torch.tensor([[0, 1], [-1, -2]]))
+    assert out.dtype == torch.float32 and not out.requires_grad and not served.training and not inner.training
+    torch.testing.assert_close(out, torch.sigmoid(torch.tensor([2.0, -6.0])), rtol=0, atol=1e-7)
+
+
+def test_parity_check_refuses_a_graph_that_differs_by_hand():
+    space = _toy_space()
+
+    def served(ids):
+        return ids.sum(dim=1).float() / 10
+
+    class Session:
+        def __init__(self, shift=0.0, single_row_shift=0.0):
+            self.shift, self.single_row_shift, self.calls = shift, single_row_shift, []
+
+        def run(self, outputs, feeds):
+            rows = feeds["feature_ids"]
+            self.calls.append(len(rows))
+            return [rows.sum(axis=1).astype(np.float32) / 10 + (self.single_row_shift if len(rows) == 1 else self.shift)]
+
+    exact = Session()
+    serving._check_parity(served, exact, space)
+    assert exact.calls == [258, 1]  # a batch, then a single row
+    serving._check_parity(served, Session(shift=5e-7), space)  # within PARITY_ATOL (1e-6)
+    for session in (Session(shift=1e-3), Session(single_row_shift=1e-3), Session(shift=float("nan"))):
+        with pytest.raises(serving.ServingError, match=r"^the ONNX graph differs from the eager model by (0\.001|nan) \(> 1e-06\): not exported$"):
+            serving._check_parity(served, session, space)
+
+
+def test_scorer_from_bytes_by_hand(toy_export):
+    model, space, graph = toy_export
+    vocab = serving.vocab_json(space)
+    scorer = serving.make_scorer(graph, vocab, "M", num_threads=2)
+    assert (scorer.dataset, scorer.columns, scorer.oov) == ("toy", ["user", "empty", "item"], [0, 3, 4])
+    assert scorer.vocab == [{"u1": 1, "u2": 2}, {}, {"é": 5}] and scorer.missing == [[], [], ["?", "n/a"]]
+    options = scorer.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level) == (2, 1, 3)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert serving.make_scorer(graph, vocab, "M").session.get_session_options().intra_op_num_threads == 0
+    ids = serving.parity_rows(space, n=8)
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(ids))[1]).numpy()
+    np.testing.assert_allclose(scorer(ids), expected, atol=1e-6, rtol=0)
+    bare = serving.make_scorer(graph, json.dumps({"fields": [{"column": "a", "ids": {}, "oov": "3"}]}).encode(), "M")
+    assert (bare.dataset, bare.oov, bare.missing) == ("None", [3], [[]])  # no dataset, oov as text, no markers
+    for data, says in ((b"not json", "Expecting value: line 1 column 1 (char 0)"), (b'{"fields": [{"column": "a"}]}', "'ids'"),
+                       (b'{"fields": 3}', "'int' object is not iterable"), (b"[]", "list indices must be integers or slices, not str")):
+        with pytest.raises(serving.ServingError) as err:
+            serving.make_scorer(graph, data, "M")
+        assert str(err.value) == f"M/vocab.json: not a flip-ctr vocabulary ({says})"
+    with pytest.raises(serving.ServingError, match=r"^M/model\.onnx: onnxruntime cannot load it \(\[ONNXRuntimeError\] : 7 : INVALID_PROTOBUF"):
+        serving.make_scorer(b"junk", vocab, "M")
+
+
+def test_predict_from_a_toy_model_dir_by_hand(toy_export, tmp_path, capsys):
+    model, space, graph = toy_export
+    model_dir = serving.write_model_dir(tmp_path / "m", {"model.onnx": graph, "vocab.json": serving.vocab_json(space)},
+                                        {"format_version": serving.FORMAT_VERSION})
+    frame = pl.DataFrame({"item": ["é", "?", "é"], "empty": ["x", "y", None], "user": ["u2", "u3", "u1"]})
+    frame.write_csv(tmp_path / "rows.csv")
+    out = serving.predict(model_dir / "model.onnx", tmp_path / "rows.csv", tmp_path / "p.parquet", batch_size=2)
+    assert capsys.readouterr().out == (f"wrote 3 probabilities to {tmp_path}/p.parquet; 3 row(s) with a value unseen in training "
+                                       "(scored with the field's OOV embedding): user 1, empty 3, item 1\n")
+    ids = np.array([[2, 3, 5], [0, 3, 4], [1, 3, 5]])  # "u3" and "?" → OOV; the empty field is always OOV
+    with torch.no_grad():
+        expected = torch.sigmoid(model(torch.from_numpy(ids))[1]).numpy()
+    assert out.columns == ["item", "empty", "user", "prob"] and out["prob"].dtype == pl.Float32
+    np.testing.assert_allclose(out["prob"].to_numpy(), expected, atol=1e-6, rtol=0)
+    assert pl.read_parquet(tmp_path / "p.parquet").equals(out)
+    # a bad output name is refused before the model is even looked at
+    with pytest.raises(serving.ServingError, match=r"^o\.json: the output must be"):
+        serving.predict(tmp_path / "nowhere", tmp_path / "rows.csv", "o.json")
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/nowhere is neither an exported model \(serving\.json\) nor a run directory \(config\.yaml\)$"):
+        serving.predict(tmp_path / "nowhere", tmp_path / "rows.csv", tmp_path / "o.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "p.parquet", "rows.csv"]

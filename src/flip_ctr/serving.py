@@ -383,8 +383,10 @@ def decode_raw(column: pl.Series, dataset: str, name: str, missing: list[str] | 
         s = _readable_genres(s, "|")
     elif dataset == "ml100k" and name == "title":
         s = _split_title_year(s)[0].replace("", OOV_TEXT)
-    elif dataset == "bookcrossing" and name in ("age", "year"):
-        s = s.replace({"NULL": OOV_TEXT, "null": OOV_TEXT} if name == "age" else {"0": OOV_TEXT})
+    elif dataset == "bookcrossing" and name == "age":  # the loader's NULL, in any case
+        s = pl.select(pl.when(s.str.to_uppercase() == "NULL").then(pl.lit(OOV_TEXT)).otherwise(s)).to_series()
+    elif dataset == "bookcrossing" and name == "year":
+        s = s.replace({"0": OOV_TEXT})
     return s.alias(name)
 
 
