@@ -876,3 +876,173 @@ def test_predict_from_a_toy_model_dir_by_hand(toy_export, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/nowhere is neither an exported model \(serving\.json\) nor a run directory \(config\.yaml\)$"):
         serving.predict(tmp_path / "nowhere", tmp_path / "rows.csv", tmp_path / "o.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "p.parquet", "rows.csv"]
+
+
+def _copy_run(trained, dest: Path, edit=None) -> Path:
+    """The trained run's config and checkpoints under ``dest``; ``edit(cfg)`` changes the config."""
+    from omegaconf import OmegaConf
+
+    shutil.copytree(trained["run"] / "checkpoints", dest / "checkpoints")
+    cfg = OmegaConf.load(trained["run"] / "config.yaml")
+    if edit:
+        edit(cfg)
+    OmegaConf.save(cfg, dest / "config.yaml")
+    return dest
+
+
+def test_load_run_by_hand(trained, tmp_path):
+    from omegaconf import OmegaConf
+
+    from flip_ctr.stages.checkpoints import save_id_model
+
+    run = trained["run"]
+    model, space, meta = serving.load_run(run)
+    cfg = OmegaConf.load(run / "config.yaml")
+    spec = {k: v for k, v in OmegaConf.to_container(cfg.id_model, resolve=True).items() if k != "_target_"}
+    spec.update(num_features=space.num_features, num_fields=space.num_fields)
+    best = run / "checkpoints" / "best.ckpt"
+    assert meta == {"run_dir": str(run.resolve()), "checkpoint": str(best.resolve()), "stage": "finetune_id", "id_model": spec}
+    state = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(value, state[f"model.{key}"]) for key, value in model.state_dict().items())
+    expected = trained["artifact"].space
+    assert (space.values, space.num_seen, space.schema) == (expected.values, expected.num_seen, expected.schema)
+    assert serving.load_run(str(run), "last")[2]["checkpoint"] == str((run / "checkpoints" / "last.ckpt").resolve())
+
+    # a pipeline stage directory: the stage is cfg.stages[<directory name>], there is no cfg.stage
+    def as_pipeline(cfg):
+        cfg.stages = {"pretrain": {"name": "pretrain"}, "finetune_id": cfg.stage}
+        del cfg["stage"]
+
+    pipeline_stage = _copy_run(trained, tmp_path / "pipeline" / "finetune_id", as_pipeline)
+    assert serving.load_run(pipeline_stage)[2]["stage"] == "finetune_id"
+    # FLIP_ID after pretraining: the architecture is the aligned model's (cfg.id_model set wrong here)
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    save_id_model(aligned / "id_model.pt", model, spec)
+
+    def pretrained_with_wrong_id_model(cfg):
+        cfg.stage.pretrained_dir = str(aligned)
+        cfg.id_model.embedding_dim = spec["embedding_dim"] + 1
+
+    flip_id = _copy_run(trained, tmp_path / "flip_id", pretrained_with_wrong_id_model)
+    assert serving.load_run(flip_id)[2]["id_model"] == spec
+    empty_aligned = tmp_path / "empty_aligned"
+    empty_aligned.mkdir()  # no id_model.pt: cfg.id_model is the architecture
+    no_payload = _copy_run(trained, tmp_path / "no_payload", lambda cfg: setattr(cfg.stage, "pretrained_dir", str(empty_aligned)))
+    assert serving.load_run(no_payload)[2]["id_model"] == spec
+
+    # refusals, message by message
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        serving.load_run(tmp_path / "bare")
+    assert str(err.value) == f"{tmp_path}/bare is neither an exported model (serving.json) nor a run directory (config.yaml)"
+    plm = _copy_run(trained, tmp_path / "plm", lambda cfg: setattr(cfg.stage, "name", "finetune_plm"))
+    with pytest.raises(ValueError) as err:
+        serving.load_run(plm)
+    assert str(err.value) == f"{plm}: export serves ID-model stages (ctr, finetune_id), this run is stage 'finetune_plm'"
+    stageless = _copy_run(trained, tmp_path / "stageless", lambda cfg: cfg.pop("stage"))
+    with pytest.raises(ValueError, match=r"this run is stage '\?'$"):
+        serving.load_run(stageless)
+    grown = dict(spec, num_features=spec["num_features"] + 1)
+    save_id_model(aligned / "id_model.pt", build_id_model_from(grown), grown)
+    with pytest.raises(ValueError) as err:
+        serving.load_run(flip_id)
+    assert str(err.value) == (f"{flip_id}: the model has {space.num_features + 1} features / {space.num_fields} fields, the data now "
+                              f"gives {space.num_features} / {space.num_fields}: the data changed since training")
+    damaged = _copy_run(trained, tmp_path / "damaged")
+    (damaged / "checkpoints" / "best.ckpt").write_bytes(b"not a zip")
+    with pytest.raises(serving.ServingError, match=rf"^{damaged}/checkpoints/best\.ckpt: not a readable checkpoint \(.+\)$"):
+        serving.load_run(damaged)
+
+
+def build_id_model_from(spec: dict):
+    from flip_ctr.models.id import build_id_model
+
+    return build_id_model(**spec)
+
+
+def test_feature_space_reads_the_split_and_defaults_like_the_datamodule(trained, tmp_path):
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.load(trained["run"] / "config.yaml").data
+    space = serving.feature_space(data)
+    assert (space.values, space.num_seen) == (trained["artifact"].space.values, trained["artifact"].space.num_seen)
+    bare = OmegaConf.create({k: v for k, v in data.items() if k not in ("test_fraction", "val_fraction", "engine", "loader_kwargs")})
+    bare.cache_dir = str(tmp_path / "cache")  # built again from the data, with the defaults
+    default = serving.feature_space(bare)
+    assert (default.values, default.num_seen) == (space.values, space.num_seen)
+    # the test fraction moves the training part (train + validation), hence the vocabulary
+    other = serving.feature_space(OmegaConf.merge(data, {"test_fraction": 0.4, "cache_dir": str(tmp_path / "test")}))
+    assert (other.values, other.num_seen) != (space.values, space.num_seen)
+    # the validation fraction splits the training part: the same vocabulary, another cache entry
+    shared = {"cache_dir": str(tmp_path / "shared")}
+    serving.feature_space(OmegaConf.merge(data, shared))
+    val = serving.feature_space(OmegaConf.merge(data, shared, {"val_fraction": 0.4}))
+    assert (val.values, val.num_seen) == (space.values, space.num_seen)
+    assert len([p for p in (tmp_path / "shared").iterdir() if p.name.startswith("ml100k-")]) == 2
+    from flip_ctr.data.schema import DataError
+
+    with pytest.raises(DataError, match=r"^data\.engine=streaming builds from a Parquet table"):  # the engine is passed on
+        serving.feature_space(OmegaConf.merge(data, {"engine": "streaming", "cache_dir": str(tmp_path / "streaming")}))
+
+
+def test_onnx_graph_names_shapes_and_quiet_export_by_hand(toy_export, monkeypatch, recwarn):
+    import logging
+
+    import onnx
+
+    model, space, _ = toy_export
+    warnings_before = len(recwarn)
+    graph = onnx.load_from_string(serving.onnx_graph(model, space))
+    # torch's LeafSpec FutureWarning is filtered, and torch.onnx logs errors only (its per-op warnings)
+    assert [str(w.message) for w in recwarn.list[warnings_before:] if "LeafSpec" in str(w.message)] == []
+    assert logging.getLogger("torch.onnx").level == logging.ERROR
+    (inp,), (out,) = graph.graph.input, graph.graph.output
+    assert (inp.name, out.name) == ("feature_ids", "prob")
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64 and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    batch, fields = inp.type.tensor_type.shape.dim
+    assert batch.dim_param and not batch.dim_value and fields.dim_value == space.num_fields  # a dynamic batch axis
+    (out_batch,) = out.type.tensor_type.shape.dim
+    assert out_batch.dim_param == batch.dim_param
+
+    def missing_exporter(*args, **kwargs):
+        raise ImportError("No module named 'onnxscript'", name="onnxscript")
+
+    monkeypatch.setattr(torch.onnx, "export", missing_exporter)
+    with pytest.raises(serving.ServingError) as err:
+        serving.onnx_graph(model, space)
+    assert str(err.value) == f"export needs onnxscript: {serving.SERVING_EXTRA}"
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(ImportError("no onnx")))
+    with pytest.raises(serving.ServingError, match=r"^export needs onnx: pip install 'flip-ctr\[serving\]' \(onnx, onnxscript, onnxruntime\)$"):
+        serving.onnx_graph(model, space)
+
+
+def test_session_without_onnxruntime_by_hand(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    with pytest.raises(serving.ServingError) as err:
+        serving._session(b"", "M/model.onnx")
+    assert str(err.value) == "onnxruntime is not installed: pip install 'flip-ctr[serving]' (onnx, onnxscript, onnxruntime)"
+
+
+def test_onnx_model_refuses_a_graph_without_parity(toy_export, monkeypatch):
+    model, space, _ = toy_export
+    other = build_id_model_from(dict(name="dcnv2", num_features=space.num_features, num_fields=3, embedding_dim=4, dnn_hidden_units=(8,)))
+    _calibrate_batch_norm(other, space.num_features)
+    other_graph = serving.onnx_graph(other, space)
+    monkeypatch.setattr(serving, "onnx_graph", lambda m, s: other_graph)  # the graph of another model
+    with pytest.raises(serving.ServingError, match=r"^the ONNX graph differs from the eager model by .+ \(> 1e-06\): not exported$"):
+        serving.onnx_model(model, space)
+
+
+def test_load_scorer_finds_the_model_dir_of_a_file_in_it(toy_export, tmp_path):
+    model, space, graph = toy_export
+    model_dir = serving.write_model_dir(tmp_path / "m", {"model.onnx": graph, "vocab.json": serving.vocab_json(space)},
+                                        {"format_version": serving.FORMAT_VERSION})
+    ids = serving.parity_rows(space, n=4)
+    for path in (model_dir, model_dir / "model.onnx", model_dir / "serving.json", str(model_dir)):
+        scorer = serving.load_scorer(path, num_threads=1)
+        assert scorer.columns == ["user", "empty", "item"] and scorer.session.get_session_options().intra_op_num_threads == 1
+        np.testing.assert_array_equal(scorer(ids), serving.make_scorer(graph, serving.vocab_json(space), "x")(ids))
+    (tmp_path / "loose.onnx").write_bytes(graph)  # a file outside any model dir: not a model dir
+    with pytest.raises(FileNotFoundError, match=r"is neither an exported model"):
+        serving.load_scorer(tmp_path / "loose.onnx")
