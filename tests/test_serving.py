@@ -961,7 +961,7 @@ def build_id_model_from(spec: dict):
     return build_id_model(**spec)
 
 
-def test_feature_space_reads_the_split_and_defaults_like_the_datamodule(trained, tmp_path):
+def test_feature_space_reads_the_split_and_defaults_like_the_datamodule(trained, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     data = OmegaConf.load(trained["run"] / "config.yaml").data
@@ -981,7 +981,16 @@ def test_feature_space_reads_the_split_and_defaults_like_the_datamodule(trained,
     assert (val.values, val.num_seen) == (space.values, space.num_seen)
     assert len([p for p in (tmp_path / "shared").iterdir() if p.name.startswith("ml100k-")]) == 2
     from flip_ctr.data.schema import DataError
+    from flip_ctr.data.sources.download import ENV_VAR
 
+    # no data_dir: the data root ($FLIP_CTR_DATA_DIR here) / data_subdir, as the datamodule reads it
+    # (a subfolder name of our own: the ML-100K loader also finds "ml-100k" under the root itself)
+    shutil.copytree(data.data_dir, tmp_path / "root" / "my-copy")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "root"))
+    via_root = serving.feature_space(OmegaConf.merge(data, {"data_dir": None, "data_subdir": "my-copy", "cache_dir": str(tmp_path / "c")}))
+    assert (via_root.values, via_root.num_seen) == (space.values, space.num_seen)
+    with pytest.raises(DataError, match=r"^ML-100K format must be 'auto', 'original' or 'atomic', got 'nonsense'$"):
+        serving.feature_space(OmegaConf.merge(data, {"loader_kwargs": {"format": "nonsense"}}))  # loader options passed on
     with pytest.raises(DataError, match=r"^data\.engine=streaming builds from a Parquet table"):  # the engine is passed on
         serving.feature_space(OmegaConf.merge(data, {"engine": "streaming", "cache_dir": str(tmp_path / "streaming")}))
 
@@ -1046,3 +1055,30 @@ def test_load_scorer_finds_the_model_dir_of_a_file_in_it(toy_export, tmp_path):
     (tmp_path / "loose.onnx").write_bytes(graph)  # a file outside any model dir: not a model dir
     with pytest.raises(FileNotFoundError, match=r"is neither an exported model"):
         serving.load_scorer(tmp_path / "loose.onnx")
+
+
+def test_load_model_dir_refusals_name_the_file_and_serving_json(toy_export, tmp_path):
+    from flip_ctr.integrity import IntegrityError
+
+    _, space, graph = toy_export
+    files = {"model.onnx": graph, "vocab.json": serving.vocab_json(space)}
+    good = serving.write_model_dir(tmp_path / "good", files, {"format_version": 2})
+    assert serving.load_model_dir(good).columns == ["user", "empty", "item"]
+    meta = good / "serving.json"
+    recorded = json.loads(meta.read_text())["sha256"]["vocab.json"]
+    (good / "vocab.json").write_bytes(b"{}")
+    with pytest.raises(IntegrityError) as err:
+        serving.load_model_dir(good)
+    assert str(err.value) == (f"{good}/vocab.json: SHA-256 mismatch: expected {recorded} (recorded in {meta}), found "
+                              f"{hashlib.sha256(b'{}').hexdigest()}; the file changed after it was written (corrupted, truncated or edited)")
+    unrecorded = serving.write_model_dir(tmp_path / "unrecorded", files, {"format_version": 2})
+    (unrecorded / "serving.json").write_text(json.dumps({"format_version": 2}))  # no sha256 at all
+    with pytest.raises(IntegrityError) as err:
+        serving.load_model_dir(str(unrecorded))
+    assert str(err.value) == (f"{unrecorded}/model.onnx: no SHA-256 recorded for it in {unrecorded}/serving.json: "
+                              "refusing to load an unverified file")
+    # digests that match a vocabulary that is not one: make_scorer names the model dir's file
+    bad_vocab = serving.write_model_dir(tmp_path / "bad_vocab", {**files, "vocab.json": b"[]"}, {"format_version": 2})
+    with pytest.raises(serving.ServingError) as err:
+        serving.load_model_dir(bad_vocab)
+    assert str(err.value) == f"{bad_vocab}/vocab.json: not a flip-ctr vocabulary (list indices must be integers or slices, not str)"
