@@ -951,8 +951,28 @@ def test_load_run_by_hand(trained, tmp_path):
                               f"gives {space.num_features} / {space.num_fields}: the data changed since training")
     damaged = _copy_run(trained, tmp_path / "damaged")
     (damaged / "checkpoints" / "best.ckpt").write_bytes(b"not a zip")
-    with pytest.raises(serving.ServingError, match=rf"^{damaged}/checkpoints/best\.ckpt: not a readable checkpoint \(.+\)$"):
+    try:
+        torch.load(damaged / "checkpoints" / "best.ckpt", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch's own message, first line
+        says = str(err).strip().splitlines()[0]
+    with pytest.raises(serving.ServingError) as err:
         serving.load_run(damaged)
+    assert str(err.value) == f"{damaged}/checkpoints/best.ckpt: not a readable checkpoint ({says})"
+    # a checkpoint that would run code to unpickle (any object outside torch's weights-only allowlist) is refused
+    import fractions
+
+    pickled = _copy_run(trained, tmp_path / "pickled")
+    ckpt = torch.load(pickled / "checkpoints" / "best.ckpt", weights_only=False)
+    torch.save({**ckpt, "extra": fractions.Fraction(1, 3)}, pickled / "checkpoints" / "best.ckpt")
+    with pytest.raises(serving.ServingError, match=r"^.+best\.ckpt: not a readable checkpoint \(Weights only load failed"):
+        serving.load_run(pickled)
+    # the id_model config as the run saved it: interpolations resolved, no _target_ needed
+    def interpolated(cfg):
+        cfg.embedding_dim_of_run = cfg.id_model.embedding_dim
+        cfg.id_model.embedding_dim = "${embedding_dim_of_run}"
+        del cfg.id_model["_target_"]
+
+    assert serving.load_run(_copy_run(trained, tmp_path / "interpolated", interpolated))[2]["id_model"] == spec
 
 
 def build_id_model_from(spec: dict):
@@ -1082,3 +1102,17 @@ def test_load_model_dir_refusals_name_the_file_and_serving_json(toy_export, tmp_
     with pytest.raises(serving.ServingError) as err:
         serving.load_model_dir(bad_vocab)
     assert str(err.value) == f"{bad_vocab}/vocab.json: not a flip-ctr vocabulary (list indices must be integers or slices, not str)"
+
+
+def test_feature_space_of_an_own_table_reads_path_and_schema(tmp_path):
+    from omegaconf import OmegaConf
+
+    from flip_ctr.data.preprocess import SplitConfig, build_artifact
+    from flip_ctr.data.sources.table import load_table
+    from test_own_data import write_shop
+
+    table, schema = write_shop(tmp_path)
+    expected = build_artifact(load_table(table, schema), SplitConfig())["space"]
+    space = serving.feature_space(OmegaConf.create({"dataset": "table", "path": str(table), "schema": str(schema),
+                                                    "cache_dir": str(tmp_path / "cache")}))
+    assert (space.schema, space.values, space.num_seen) == (expected.schema, expected.values, expected.num_seen)
