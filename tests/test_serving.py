@@ -676,6 +676,7 @@ def test_decode_raw_generic_rules_by_hand():
     assert dec(["M", "F"], "ml100k", "gender") == ["male", "female"] and dec(["M"], "table", "gender") == ["M"]
     assert dec(["Drama", "Drama|War"], "ml1m", "genre") == ["Drama", "Drama, War"]
     assert dec(["Drama|War"], "ml100k", "genre") == ["Drama|War"]
+    assert dec(["Heat (1995)"], "table", "title") == ["Heat (1995)"] and dec(["Heat (1995)"], "ml100k", "zipcode") == ["Heat (1995)"]
     assert dec(["null", "NULL", " 31 ", "0"], "bookcrossing", "age") == ["unknown", "unknown", "31", "0"]  # "Null": below
     assert dec(["0", "1999", "NULL"], "bookcrossing", "year") == ["unknown", "1999", "NULL"]
     assert dec(["0", "NULL"], "bookcrossing", "isbn") == ["0", "NULL"]
@@ -720,6 +721,9 @@ def test_encode_rows_by_hand():
         serving.encode_rows(scorer, frame.drop("item"), "in.csv")
     assert str(err.value) == ("in.csv: no field column(s) ['item']; a toy model expects the columns ['user', 'item'] "
                               "(raw values as in the training table; see docs/serving.md)")
+    ml100k = serving.Scorer("ml100k", ["user_id"], [{}], [0], [[]], session=None)
+    with pytest.raises(serving.ServingError, match=r"\(values as the ml100k loader decodes them, or raw; see docs/serving\.md\)$"):
+        serving.encode_rows(ml100k, frame)
     with pytest.raises(serving.ServingError, match=r"^input: field column 'user' has type List\(Int64\) \(first value \[1\]\); "):
         serving.encode_rows(scorer, frame.with_columns(user=pl.Series([[1], None, [2]])))
 
@@ -825,6 +829,11 @@ def test_parity_check_refuses_a_graph_that_differs_by_hand():
     serving._check_parity(served, exact, space)
     assert exact.calls == [258, 1]  # a batch, then a single row
     serving._check_parity(served, Session(shift=5e-7), space)  # within PARITY_ATOL (1e-6)
+    class AtTheBound:  # a difference of exactly PARITY_ATOL (float64: 1e-6 has no float32 form) is accepted
+        def run(self, outputs, feeds):
+            return [np.full(len(feeds["feature_ids"]), serving.PARITY_ATOL)]
+
+    serving._check_parity(lambda ids: torch.zeros(len(ids)), AtTheBound(), space)
     for session in (Session(shift=1e-3), Session(single_row_shift=1e-3), Session(shift=float("nan"))):
         with pytest.raises(serving.ServingError, match=r"^the ONNX graph differs from the eager model by (0\.001|nan) \(> 1e-06\): not exported$"):
             serving._check_parity(served, session, space)
@@ -1015,14 +1024,18 @@ def test_feature_space_reads_the_split_and_defaults_like_the_datamodule(trained,
         serving.feature_space(OmegaConf.merge(data, {"engine": "streaming", "cache_dir": str(tmp_path / "streaming")}))
 
 
-def test_onnx_graph_names_shapes_and_quiet_export_by_hand(toy_export, monkeypatch, recwarn):
+def test_onnx_graph_names_shapes_and_quiet_export_by_hand(toy_export, monkeypatch, recwarn, capsys):
     import logging
+    import types
+    import warnings
 
     import onnx
 
     model, space, _ = toy_export
     warnings_before = len(recwarn)
+    capsys.readouterr()
     graph = onnx.load_from_string(serving.onnx_graph(model, space))
+    assert capsys.readouterr().out == ""  # verbose=False: torch.onnx prints its progress otherwise
     # torch's LeafSpec FutureWarning is filtered, and torch.onnx logs errors only (its per-op warnings)
     assert [str(w.message) for w in recwarn.list[warnings_before:] if "LeafSpec" in str(w.message)] == []
     assert logging.getLogger("torch.onnx").level == logging.ERROR
@@ -1033,6 +1046,19 @@ def test_onnx_graph_names_shapes_and_quiet_export_by_hand(toy_export, monkeypatc
     assert batch.dim_param and not batch.dim_value and fields.dim_value == space.num_fields  # a dynamic batch axis
     (out_batch,) = out.type.tensor_type.shape.dim
     assert out_batch.dim_param == batch.dim_param
+
+    def warning_exporter(*args, **kwargs):  # only torch's LeafSpec FutureWarning is silenced, nothing else
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", UserWarning)
+        warnings.warn("another deprecation", FutureWarning)
+        return types.SimpleNamespace(model_proto=types.SimpleNamespace(SerializeToString=lambda: b"graph"))
+
+    monkeypatch.setattr(torch.onnx, "export", warning_exporter)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert serving.onnx_graph(model, space) == b"graph"
+    assert [(w.category, str(w.message)) for w in seen] == [
+        (UserWarning, "`isinstance(treespec, LeafSpec)` is deprecated"), (FutureWarning, "another deprecation")]
 
     def missing_exporter(*args, **kwargs):
         raise ImportError("No module named 'onnxscript'", name="onnxscript")
@@ -1073,8 +1099,9 @@ def test_load_scorer_finds_the_model_dir_of_a_file_in_it(toy_export, tmp_path):
         assert scorer.columns == ["user", "empty", "item"] and scorer.session.get_session_options().intra_op_num_threads == 1
         np.testing.assert_array_equal(scorer(ids), serving.make_scorer(graph, serving.vocab_json(space), "x")(ids))
     (tmp_path / "loose.onnx").write_bytes(graph)  # a file outside any model dir: not a model dir
-    with pytest.raises(FileNotFoundError, match=r"is neither an exported model"):
+    with pytest.raises(FileNotFoundError) as err:
         serving.load_scorer(tmp_path / "loose.onnx")
+    assert str(err.value) == f"{tmp_path}/loose.onnx is neither an exported model (serving.json) nor a run directory (config.yaml)"
 
 
 def test_load_model_dir_refusals_name_the_file_and_serving_json(toy_export, tmp_path):
@@ -1116,3 +1143,15 @@ def test_feature_space_of_an_own_table_reads_path_and_schema(tmp_path):
     space = serving.feature_space(OmegaConf.create({"dataset": "table", "path": str(table), "schema": str(schema),
                                                     "cache_dir": str(tmp_path / "cache")}))
     assert (space.schema, space.values, space.num_seen) == (expected.schema, expected.values, expected.num_seen)
+
+
+def test_load_scorer_of_a_run_dir_passes_ckpt_threads_and_names_the_source(trained, monkeypatch):
+    decoded, _, _ = raw_test_rows(trained)
+    ids = trained["artifact"].space.lookup(decoded)
+    last = serving.load_scorer(trained["run"], "last", num_threads=1)
+    assert last.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(last(ids), lightning_probs(trained["run"], ids, "last.ckpt"), atol=1e-6, rtol=0)
+    monkeypatch.setattr(serving, "vocab_json", lambda space: b"[]")
+    with pytest.raises(serving.ServingError) as err:
+        serving.load_scorer(trained["run"])
+    assert str(err.value).startswith(f"{trained['run']} (exported in memory)/vocab.json: not a flip-ctr vocabulary (")
