@@ -333,6 +333,7 @@ def test_non_finite_outputs_are_refused_naming_the_rows(trained, model_dir, tmp_
     line = refused(capsys, "predict", str(poisoned), "--input", str(tmp_path / "rows.parquet"),
                    "--output", str(tmp_path / "preds.parquet"))
     rows = np.flatnonzero((decoded["genre"] == genre).to_numpy())
+    assert line.startswith(f"flip-ctr predict: {poisoned}: non-finite probabilities"), line
     assert f"non-finite probabilities for {rows.size} of {raw.height} rows" in line, line
     assert f"rows {', '.join(map(str, rows[:10]))}" in line, line
     assert not (tmp_path / "preds.parquet").exists()
@@ -864,21 +865,34 @@ def test_scorer_from_bytes_by_hand(toy_export):
         serving.make_scorer(b"junk", vocab, "M")
 
 
-def test_predict_from_a_toy_model_dir_by_hand(toy_export, tmp_path, capsys):
+def test_predict_from_a_toy_model_dir_by_hand(toy_export, tmp_path, capsys, monkeypatch):
     model, space, graph = toy_export
     model_dir = serving.write_model_dir(tmp_path / "m", {"model.onnx": graph, "vocab.json": serving.vocab_json(space)},
                                         {"format_version": serving.FORMAT_VERSION})
-    frame = pl.DataFrame({"item": ["é", "?", "é"], "empty": ["x", "y", None], "user": ["u2", "u3", "u1"]})
+    frame = pl.DataFrame({"item": ["é", "?", "é", "?"], "empty": ["x", "y", None, "z"], "user": ["u2", "u3", "u1", "u1"]})
     frame.write_csv(tmp_path / "rows.csv")
-    out = serving.predict(model_dir / "model.onnx", tmp_path / "rows.csv", tmp_path / "p.parquet", batch_size=2)
-    assert capsys.readouterr().out == (f"wrote 3 probabilities to {tmp_path}/p.parquet; 3 row(s) with a value unseen in training "
-                                       "(scored with the field's OOV embedding): user 1, empty 3, item 1\n")
-    ids = np.array([[2, 3, 5], [0, 3, 4], [1, 3, 5]])  # "u3" and "?" → OOV; the empty field is always OOV
+    handed = {}
+    real_load_scorer, real_predict_ids = serving.load_scorer, serving.predict_ids
+    monkeypatch.setattr(serving, "load_scorer", lambda *a: handed.setdefault("load_scorer", a) and real_load_scorer(*a))
+    monkeypatch.setattr(serving, "predict_ids", lambda *a: handed.setdefault("predict_ids", a[2:]) is not None and real_predict_ids(*a))
+    out = serving.predict(model_dir / "model.onnx", tmp_path / "rows.csv", tmp_path / "p.parquet", ckpt="last", batch_size=2, num_threads=1)
+    assert handed["load_scorer"] == (model_dir / "model.onnx", "last", 1) and handed["predict_ids"] == (2,)
+    # per field (user 1, empty 4, item 2), not per row (2, 3, 2, 2)
+    assert capsys.readouterr().out == (f"wrote 4 probabilities to {tmp_path}/p.parquet; 4 row(s) with a value unseen in training "
+                                       "(scored with the field's OOV embedding): user 1, empty 4, item 2\n")
+    ids = np.array([[2, 3, 5], [0, 3, 4], [1, 3, 5], [1, 3, 4]])  # "u3" and "?" → OOV; the empty field is always OOV
     with torch.no_grad():
         expected = torch.sigmoid(model(torch.from_numpy(ids))[1]).numpy()
     assert out.columns == ["item", "empty", "user", "prob"] and out["prob"].dtype == pl.Float32
     np.testing.assert_allclose(out["prob"].to_numpy(), expected, atol=1e-6, rtol=0)
     assert pl.read_parquet(tmp_path / "p.parquet").equals(out)
+    # with no value unseen, the line ends at the count
+    real_encode_rows = serving.encode_rows
+    monkeypatch.setattr(serving, "encode_rows", lambda *a: (real_encode_rows(*a)[0], np.zeros((4, 3), dtype=bool)))
+    serving.predict(model_dir, tmp_path / "rows.csv", tmp_path / "q.csv")
+    assert capsys.readouterr().out == (f"wrote 4 probabilities to {tmp_path}/q.csv; 0 row(s) with a value unseen in training "
+                                       "(scored with the field's OOV embedding)\n")
+    (tmp_path / "q.csv").unlink()
     # a bad output name is refused before the model is even looked at
     with pytest.raises(serving.ServingError, match=r"^o\.json: the output must be"):
         serving.predict(tmp_path / "nowhere", tmp_path / "rows.csv", "o.json")
@@ -1043,7 +1057,7 @@ def test_onnx_graph_names_shapes_and_quiet_export_by_hand(toy_export, monkeypatc
     assert (inp.name, out.name) == ("feature_ids", "prob")
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64 and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     batch, fields = inp.type.tensor_type.shape.dim
-    assert batch.dim_param and not batch.dim_value and fields.dim_value == space.num_fields  # a dynamic batch axis
+    assert batch.dim_param == "batch" and not batch.dim_value and fields.dim_value == space.num_fields  # a dynamic axis, named
     (out_batch,) = out.type.tensor_type.shape.dim
     assert out_batch.dim_param == batch.dim_param
 
@@ -1080,6 +1094,11 @@ def test_session_without_onnxruntime_by_hand(monkeypatch):
 
 
 def test_onnx_model_refuses_a_graph_without_parity(toy_export, monkeypatch):
+    model, space, _ = toy_export
+    with monkeypatch.context() as patch:
+        patch.setattr(serving, "onnx_graph", lambda m, s: b"junk")
+        with pytest.raises(serving.ServingError, match=r"^the exported graph: onnxruntime cannot load it \(\[ONNXRuntimeError\]"):
+            serving.onnx_model(model, space)
     model, space, _ = toy_export
     other = build_id_model_from(dict(name="dcnv2", num_features=space.num_features, num_fields=3, embedding_dim=4, dnn_hidden_units=(8,)))
     _calibrate_batch_norm(other, space.num_features)
