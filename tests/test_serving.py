@@ -762,8 +762,13 @@ def test_read_rows_formats_and_refusals_by_hand(tmp_path):
     with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/none\.parquet: no such file$"):
         serving.read_rows(tmp_path / "none.parquet")
     (tmp_path / "ragged.csv").write_text("user,n\n007,1,9\n")
-    with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/ragged\.csv: cannot read it as csv \("):
+    try:
+        pl.read_csv(tmp_path / "ragged.csv", infer_schema=False)
+    except pl.exceptions.PolarsError as err:
+        says = str(err).strip().splitlines()[0]  # polars' own message, first line
+    with pytest.raises(serving.ServingError) as err:
         serving.read_rows(tmp_path / "ragged.csv")
+    assert str(err.value) == f"{tmp_path}/ragged.csv: cannot read it as csv ({says})"
     with pytest.raises(serving.ServingError, match=rf"^{tmp_path}/rows\.xlsx: the input must be a \.parquet, \.pq, \.csv or \.tsv file$"):
         serving.read_rows(tmp_path / "rows.xlsx")
 
