@@ -26,6 +26,7 @@ import ast
 import datetime
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,14 +74,17 @@ def main() -> None:
     sys.path.insert(0, str(mutation.ROOT / "tests"))
     os.environ.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", FLIP_CTR_TEST_FIXTURE_CACHE=str(mutation.FIXTURES))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work / "mutants" / "src"), os.environ.get("PYTHONPATH")]))
-    os.chdir(mutation.ROOT)
+    # a scratch working directory: a mutant that turns a path relative (a cache_dir, say) writes
+    # there, not into the repository (an earlier run left an artifact cache in the root)
+    os.chdir(tempfile.mkdtemp(prefix="mutation-recheck-"))
     import pytest
 
     import flip_ctr
 
     if not Path(flip_ctr.__file__).resolve().is_relative_to(work.resolve()):
         raise SystemExit(f"mutation recheck: imported {flip_ctr.__file__}, not the run's copy in {work}")
-    argv = [*selected, "-x", "-q", "-p", "no:cacheprovider", "--no-header", *[f"--deselect={t}" for t in deselect]]
+    # test paths absolute (the working directory is scratch); node ids (--deselect) stay rootdir-relative
+    argv = [*(str(mutation.ROOT / t) for t in selected), f"--rootdir={mutation.ROOT}", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *[f"--deselect={t}" for t in deselect]]
 
     def run(mutant: str) -> int:
         os.environ["MUTANT_UNDER_TEST"] = mutant
@@ -92,8 +96,9 @@ def main() -> None:
     print(f"unmutated: pass ({time.perf_counter() - start:.0f} s); {len(survivors)} survivors to judge", flush=True)
     killed, alive = [], []
     for i, mutant in enumerate(survivors, 1):
-        (killed if run(mutant) != 0 else alive).append(mutant)
-        print(f"[{i}/{len(survivors)}] {mutant}: {'killed' if killed and killed[-1] == mutant else 'SURVIVED'}", flush=True)
+        dies = run(mutant) != 0
+        (killed if dies else alive).append(mutant)
+        print(f"[{i}/{len(survivors)}] {mutant}: {'killed' if dies else 'SURVIVED'}", flush=True)
     print(f"\n{len(killed)} killed, {len(alive)} survived ({time.perf_counter() - start:.0f} s)")
     for mutant in alive:
         print(f"  survived: {mutant}")

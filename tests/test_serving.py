@@ -633,6 +633,12 @@ def toy_export():
     return model, space, serving.onnx_model(model, space)
 
 
+def _toy_files(toy_export) -> dict[str, bytes]:
+    """model.onnx and vocab.json of the toy export, as write_model_dir takes them."""
+    _, space, graph = toy_export
+    return {"model.onnx": graph, "vocab.json": serving.vocab_json(space)}
+
+
 def test_find_checkpoint_by_hand(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -871,9 +877,8 @@ def test_scorer_from_bytes_by_hand(toy_export):
 
 
 def test_predict_from_a_toy_model_dir_by_hand(toy_export, tmp_path, capsys, monkeypatch):
-    model, space, graph = toy_export
-    model_dir = serving.write_model_dir(tmp_path / "m", {"model.onnx": graph, "vocab.json": serving.vocab_json(space)},
-                                        {"format_version": serving.FORMAT_VERSION})
+    model, _, _ = toy_export
+    model_dir = serving.write_model_dir(tmp_path / "m", _toy_files(toy_export), {"format_version": serving.FORMAT_VERSION})
     frame = pl.DataFrame({"item": ["é", "?", "é", "?"], "empty": ["x", "y", None, "z"], "user": ["u2", "u3", "u1", "u1"]})
     frame.write_csv(tmp_path / "rows.csv")
     handed = {}
@@ -921,6 +926,7 @@ def _copy_run(trained, dest: Path, edit=None) -> Path:
 def test_load_run_by_hand(trained, tmp_path):
     from omegaconf import OmegaConf
 
+    from flip_ctr.models.id import build_id_model
     from flip_ctr.stages.checkpoints import save_id_model
 
     run = trained["run"]
@@ -972,7 +978,7 @@ def test_load_run_by_hand(trained, tmp_path):
     with pytest.raises(ValueError, match=r"this run is stage '\?'$"):
         serving.load_run(stageless)
     grown = dict(spec, num_features=spec["num_features"] + 1)
-    save_id_model(aligned / "id_model.pt", build_id_model_from(grown), grown)
+    save_id_model(aligned / "id_model.pt", build_id_model(**grown), grown)
     with pytest.raises(ValueError) as err:
         serving.load_run(flip_id)
     assert str(err.value) == (f"{flip_id}: the model has {space.num_features + 1} features / {space.num_fields} fields, the data now "
@@ -1001,12 +1007,6 @@ def test_load_run_by_hand(trained, tmp_path):
         del cfg.id_model["_target_"]
 
     assert serving.load_run(_copy_run(trained, tmp_path / "interpolated", interpolated))[2]["id_model"] == spec
-
-
-def build_id_model_from(spec: dict):
-    from flip_ctr.models.id import build_id_model
-
-    return build_id_model(**spec)
 
 
 def test_feature_space_reads_the_split_and_defaults_like_the_datamodule(trained, tmp_path, monkeypatch):
@@ -1104,8 +1104,9 @@ def test_onnx_model_refuses_a_graph_without_parity(toy_export, monkeypatch):
         patch.setattr(serving, "onnx_graph", lambda m, s: b"junk")
         with pytest.raises(serving.ServingError, match=r"^the exported graph: onnxruntime cannot load it \(\[ONNXRuntimeError\]"):
             serving.onnx_model(model, space)
-    model, space, _ = toy_export
-    other = build_id_model_from(dict(name="dcnv2", num_features=space.num_features, num_fields=3, embedding_dim=4, dnn_hidden_units=(8,)))
+    from flip_ctr.models.id import build_id_model
+
+    other = build_id_model("dcnv2", num_features=space.num_features, num_fields=3, embedding_dim=4, dnn_hidden_units=(8,))
     _calibrate_batch_norm(other, space.num_features)
     other_graph = serving.onnx_graph(other, space)
     monkeypatch.setattr(serving, "onnx_graph", lambda m, s: other_graph)  # the graph of another model
@@ -1115,8 +1116,7 @@ def test_onnx_model_refuses_a_graph_without_parity(toy_export, monkeypatch):
 
 def test_load_scorer_finds_the_model_dir_of_a_file_in_it(toy_export, tmp_path):
     model, space, graph = toy_export
-    model_dir = serving.write_model_dir(tmp_path / "m", {"model.onnx": graph, "vocab.json": serving.vocab_json(space)},
-                                        {"format_version": serving.FORMAT_VERSION})
+    model_dir = serving.write_model_dir(tmp_path / "m", _toy_files(toy_export), {"format_version": serving.FORMAT_VERSION})
     ids = serving.parity_rows(space, n=4)
     for path in (model_dir, model_dir / "model.onnx", model_dir / "serving.json", str(model_dir)):
         scorer = serving.load_scorer(path, num_threads=1)
@@ -1131,8 +1131,7 @@ def test_load_scorer_finds_the_model_dir_of_a_file_in_it(toy_export, tmp_path):
 def test_load_model_dir_refusals_name_the_file_and_serving_json(toy_export, tmp_path):
     from flip_ctr.integrity import IntegrityError
 
-    _, space, graph = toy_export
-    files = {"model.onnx": graph, "vocab.json": serving.vocab_json(space)}
+    files = _toy_files(toy_export)
     good = serving.write_model_dir(tmp_path / "good", files, {"format_version": 2})
     assert serving.load_model_dir(good).columns == ["user", "empty", "item"]
     meta = good / "serving.json"
